@@ -1,0 +1,50 @@
+"""The ``basicsr`` command: one entry point, one sub-command per job, each imported only when used."""
+import importlib
+import sys
+
+import yaml
+
+# sub-command -> (module, one-line help)
+COMMANDS = {
+    'train': ('issp_basicsr.train', 'train a model: basicsr train -opt FILE [--auto_resume] [--launcher ...]'),
+    'test': ('issp_basicsr.test', 'evaluate a model: basicsr test -opt FILE'),
+    'datasets': ('issp_basicsr.data.prepare', 'build the sample set or prepare DIV2K / benchmark sets'),
+}
+
+
+def usage():
+    lines = ['usage: basicsr COMMAND [ARGS]', '', 'commands:']
+    lines += [f'  {name:<20}{help_}' for name, (_, help_) in COMMANDS.items()]
+    lines += ['', "Run 'basicsr COMMAND -h' for the options of one command."]
+    return '\n'.join(lines)
+
+
+def user_errors():
+    """Errors that mean bad input: reported as one line, without a traceback."""
+    from .options import OptionError
+    from .sparsity import SparsityConfigError, SparsityStateError
+    return (OptionError, SparsityConfigError, SparsityStateError, FileNotFoundError, yaml.YAMLError)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ('-h', '--help'):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f'basicsr: unknown command {command!r}\n\n{usage()}', file=sys.stderr)
+        return 2
+    import issp_basicsr  # noqa: F401  (BasicSR fixes and registrations, before any option is parsed)
+    errors = user_errors()
+    try:
+        module = importlib.import_module(COMMANDS[command][0])
+        return module.main(rest) or 0
+    except errors as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f'basicsr {command}: error: {message}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Fixes that make BasicSR 1.4.2 (the last release, 2022) run on today's PyTorch. Applied by ``import issp_basicsr``.
+
+1. ``basicsr.data.degradations`` imports ``torchvision.transforms.functional_tensor``, removed in torchvision 0.17:
+   the module is aliased to its private successor before BasicSR is imported.
+2. ``basicsr.train.load_resume_state`` maps the state to ``torch.cuda.current_device()``, so resume fails without
+   a GPU: :func:`load_resume_state` maps it to the device the run uses and loads with ``weights_only=True``.
+3. ``init_dist`` defaults to NCCL and calls ``torch.cuda.set_device``: :func:`init_dist` picks gloo when there is
+   no GPU, and binds each process to its ``LOCAL_RANK`` GPU when there is one.
+
+This module imports nothing else of issp_basicsr: everything else sits above it.
+"""
+import importlib
+import os
+import subprocess
+import sys
+
+import torch
+import torch.distributed as dist
+
+_applied = False
+
+
+def alias_functional_tensor():
+    name = 'torchvision.transforms.functional_tensor'
+    if name in sys.modules:
+        return
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError:
+        sys.modules[name] = importlib.import_module('torchvision.transforms._functional_tensor')
+
+
+def default_backend():
+    return 'nccl' if torch.cuda.is_available() else 'gloo'
+
+
+def init_dist(launcher, backend=None, **kwargs):
+    """Initialise torch.distributed for ``--launcher pytorch`` (torchrun) or ``slurm``; gloo without a GPU."""
+    import torch.multiprocessing as mp
+    if mp.get_start_method(allow_none=True) is None:
+        mp.set_start_method('spawn')
+    backend = backend or default_backend()
+    if launcher == 'pytorch':
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', os.environ['RANK'])) % torch.cuda.device_count())
+        dist.init_process_group(backend=backend, **kwargs)
+    elif launcher == 'slurm':
+        _init_dist_slurm(backend, **kwargs)
+    else:
+        raise ValueError(f'Invalid launcher type: {launcher}')
+
+
+def _init_dist_slurm(backend, port=None):
+    proc_id = int(os.environ['SLURM_PROCID'])
+    ntasks = int(os.environ['SLURM_NTASKS'])
+    node_list = os.environ['SLURM_NODELIST']
+    num_gpus = torch.cuda.device_count()
+    local_rank = int(os.environ.get('SLURM_LOCALID', proc_id % max(num_gpus, 1)))
+    if num_gpus:
+        torch.cuda.set_device(local_rank % num_gpus)
+    if port is not None:
+        os.environ['MASTER_PORT'] = str(port)
+    else:
+        os.environ.setdefault('MASTER_PORT', '29500')
+    os.environ['MASTER_ADDR'] = subprocess.getoutput(f'scontrol show hostname {node_list} | head -n1')
+    os.environ['WORLD_SIZE'] = str(ntasks)
+    os.environ['LOCAL_RANK'] = str(local_rank)
+    os.environ['RANK'] = str(proc_id)
+    dist.init_process_group(backend=backend)
+
+
+def resume_device():
+    return torch.device(f'cuda:{torch.cuda.current_device()}') if torch.cuda.is_available() else torch.device('cpu')
+
+
+def load_resume_state(opt):
+    """BasicSR's ``load_resume_state`` without its GPU assumption: the newest ``<iter>.state`` under
+    ``experiments/<name>/training_states`` with ``--auto_resume``, else ``path: resume_state``, or None."""
+    from basicsr.utils import check_resume, scandir
+    resume_state_path = None
+    if opt['auto_resume']:
+        state_dir = os.path.join(opt['path'].get('experiments_root', os.path.join('experiments', opt['name'])),
+                                 'training_states')
+        if os.path.isdir(state_dir):
+            iters = [int(v[:-len('.state')]) for v in scandir(state_dir, suffix='.state') if v[:-6].isdigit()]
+            if iters:
+                resume_state_path = os.path.join(state_dir, f'{max(iters)}.state')
+                opt['path']['resume_state'] = resume_state_path
+    elif opt['path'].get('resume_state'):
+        resume_state_path = opt['path']['resume_state']
+    if resume_state_path is None:
+        return None
+    device = resume_device() if opt.get('num_gpu', 0) else torch.device('cpu')
+    resume_state = torch.load(resume_state_path, map_location=device, weights_only=True)
+    check_resume(opt, resume_state['iter'])
+    return resume_state
+
+
+def apply():
+    """Install every fix; safe to call more than once."""
+    global _applied
+    if _applied:
+        return
+    alias_functional_tensor()
+    import basicsr.train
+    import basicsr.utils.dist_util
+    import basicsr.utils.options
+    basicsr.utils.dist_util.init_dist = init_dist
+    basicsr.utils.options.init_dist = init_dist
+    basicsr.train.load_resume_state = load_resume_state
+    _applied = True

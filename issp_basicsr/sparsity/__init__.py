@@ -1,0 +1,12 @@
+"""Pruning core: selection, shrinking, masks, schedule and statistics for any PyTorch training loop.
+
+Nothing here imports BasicSR; ``issp_basicsr.models`` adapts it to BasicSR's model classes.
+"""
+from .config import SparsityConfig, SparsityConfigError, pruned_count
+from .layers import prunable_layers
+from .sparsifier import Sparsifier, SparsityStateError, build_sparsifier
+
+__all__ = [
+    'SparsityConfig', 'SparsityConfigError', 'SparsityStateError', 'Sparsifier', 'build_sparsifier',
+    'prunable_layers', 'pruned_count'
+]
