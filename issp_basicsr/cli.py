@@ -9,6 +9,7 @@ COMMANDS = {
     'train': ('issp_basicsr.train', 'train a model: basicsr train -opt FILE [--auto_resume] [--launcher ...]'),
     'test': ('issp_basicsr.test', 'evaluate a model: basicsr test -opt FILE'),
     'datasets': ('issp_basicsr.data.prepare', 'build the sample set or prepare DIV2K / benchmark sets'),
+    'report': ('issp_basicsr.report', 'figures and a summary table from experiments: basicsr report EXP... -o DIR'),
 }
 
 

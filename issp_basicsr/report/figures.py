@@ -1,0 +1,178 @@
+"""The report's figures: one PNG per quantity, one curve per experiment, so methods compare on one plot.
+
+Drawn with matplotlib's object API on an Agg canvas (``Figure.savefig``), so no pyplot state or display is
+touched. Each function returns the path it wrote, or None and a note when no experiment has the data.
+"""
+import os
+from typing import List, Optional, Tuple
+
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .records import Experiment
+
+DPI = 100
+
+
+def colors(count: int):
+    cmap = colormaps['tab10' if count <= 10 else 'tab20']
+    return [cmap(i % cmap.N) for i in range(count)]
+
+
+def new_figure(panels: int = 1, width: float = 6.4, height: float = 4.2):
+    figure = Figure(figsize=(width * panels if panels > 1 else width, height), dpi=DPI)
+    FigureCanvasAgg(figure)
+    axes = [figure.add_subplot(1, panels, i + 1) for i in range(panels)]
+    return figure, axes
+
+
+def save(figure, path: str) -> str:
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
+def _plot_series(axis, experiments, tag, labels, palette, pruning_only=False, **style) -> int:
+    drawn = 0
+    for experiment, color in zip(experiments, palette):
+        x, y = experiment.curve(tag)
+        if pruning_only and experiment.prune_iter:
+            keep = [i for i, it in enumerate(x) if it <= experiment.prune_iter]
+            x, y = [x[i] for i in keep], [y[i] for i in keep]
+        if not x:
+            continue
+        axis.plot(x, y, color=color, label=labels[experiment.name], marker='o' if len(x) < 30 else None,
+                  markersize=3, **style)
+        drawn += 1
+    return drawn
+
+
+def _missing(experiments, tag) -> List[str]:
+    return [e.name for e in experiments if not e.series.get(tag)]
+
+
+def validation_figure(experiments, dataset, out, labels) -> Tuple[Optional[str], List[str]]:
+    """Validation metrics of ``dataset`` over iterations, the bicubic value of the same images dashed."""
+    with_data = [e for e in experiments if dataset in e.datasets() and any(
+        e.series.get(f'metrics/{dataset}/{m}') for m in e.metrics(dataset))]
+    if not with_data:
+        return None, [f'validation_{dataset}.png: no experiment has validation metrics on {dataset}; skipped']
+    notes = [f'validation_{dataset}.png: {name} has no validation on {dataset}; left out'
+             for name in (e.name for e in experiments if e not in with_data)]
+    metrics = []
+    for experiment in with_data:
+        metrics += [m for m in experiment.metrics(dataset) if m not in metrics]
+    palette = dict(zip((e.name for e in experiments), colors(len(experiments))))
+    figure, axes = new_figure(len(metrics))
+    for axis, metric in zip(axes, metrics):
+        _plot_series(axis, with_data, f'metrics/{dataset}/{metric}', labels, [palette[e.name] for e in with_data])
+        bicubic = {e.name: e.final_metric(dataset, metric)[1] for e in with_data}
+        values = {round(v, 4) for v in bicubic.values() if v is not None}
+        if len(values) == 1:
+            axis.axhline(values.pop(), color='0.4', linestyle='--', linewidth=1, label='bicubic')
+        else:
+            for name, value in bicubic.items():
+                if value is not None:
+                    axis.axhline(value, color=palette[name], linestyle='--', linewidth=1)
+        axis.set_xlabel('iteration')
+        axis.set_ylabel(metric.upper() if metric in ('psnr', 'ssim') else metric)
+        axis.set_title(f'{dataset}: validation {metric}')
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize='small')
+    return save(figure, os.path.join(out, f'validation_{dataset}.png')), notes
+
+
+def series_figure(experiments, tag, out, file, title, ylabel, labels, logy=False, pruning_only=False):
+    """One scalar over iterations, one curve per experiment (``pruning_only``: iterations up to prune_iter)."""
+    palette = colors(len(experiments))
+    figure, (axis,) = new_figure()
+    drawn = _plot_series(axis, experiments, tag, labels, palette, pruning_only=pruning_only)
+    if not drawn:
+        return None, [f'{file}: no experiment logged {tag}; skipped']
+    notes = [f'{file}: {name} logged no {tag}; left out' for name in _missing(experiments, tag)]
+    axis.set_xlabel('iteration')
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    if logy:
+        axis.set_yscale('log')
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize='small')
+    return save(figure, os.path.join(out, file)), notes
+
+
+def gradient_figure(experiments, out, labels):
+    """The paper's trainability curves: gradient norm on the unimportant and on the kept weights."""
+    tags = [('sparsity/grad_unimportant', 'unimportant / pruned weights'), ('sparsity/grad_kept', 'kept weights')]
+    if not any(e.series.get(tag) for e in experiments for tag, _ in tags):
+        return None, ['grad_norms.png: no experiment logged gradient norms; skipped']
+    palette = colors(len(experiments))
+    figure, axes = new_figure(2)
+    for axis, (tag, title) in zip(axes, tags):
+        _plot_series(axis, experiments, tag, labels, palette)
+        axis.set_xlabel('iteration')
+        axis.set_ylabel('gradient L2 norm')
+        axis.set_title(f'gradient norm: {title}')
+        if any(v > 0 for e in experiments for v in e.series.get(tag, {}).values()):
+            axis.set_yscale('log')
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize='small')
+    notes = [f'grad_norms.png: {name} logged no gradient norms; left out'
+             for name in _missing(experiments, 'sparsity/grad_kept')]
+    return save(figure, os.path.join(out, 'grad_norms.png')), notes
+
+
+def layer_figure(experiments, out, labels):
+    """Fraction of exact zeros per prunable layer of the final checkpoint, layers in network order."""
+    with_layers = [e for e in experiments if e.layer_sparsity]
+    if not with_layers:
+        return None, ['layer_sparsity.png: no experiment has a readable checkpoint; skipped']
+    notes = [f'layer_sparsity.png: {e.name} has no readable checkpoint; left out'
+             for e in experiments if not e.layer_sparsity]
+    palette = dict(zip((e.name for e in experiments), colors(len(experiments))))
+    widest = max(with_layers, key=lambda e: len(e.layer_sparsity))
+    names = list(widest.layer_sparsity)
+    figure, (axis,) = new_figure(width=max(6.4, min(16.0, 0.12 * len(names) + 3)))
+    for experiment in with_layers:
+        values = [experiment.layer_sparsity.get(name) for name in names]
+        x = [i for i, v in enumerate(values) if v is not None]
+        axis.plot(x, [values[i] for i in x], color=palette[experiment.name], label=labels[experiment.name],
+                  marker='o', markersize=3, linewidth=1)
+    step = max(1, len(names) // 25)
+    axis.set_xticks(range(0, len(names), step))
+    axis.set_xticklabels([names[i] for i in range(0, len(names), step)], rotation=90, fontsize=6)
+    axis.set_xlabel('layer (network order)')
+    axis.set_ylabel('fraction of weights exactly 0')
+    axis.set_ylim(-0.02, 1.02)
+    axis.set_title('per-layer sparsity of the final checkpoint')
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize='small')
+    return save(figure, os.path.join(out, 'layer_sparsity.png')), notes
+
+
+def all_figures(experiments: List[Experiment], out: str, labels: dict, progress=None) -> Tuple[List[str], List[str]]:
+    """Write every figure the experiments have data for; returns (paths written, notes on what was skipped)."""
+    datasets = []
+    for experiment in experiments:
+        datasets += [d for d in experiment.datasets() if d not in datasets]
+    jobs = [lambda d=d: validation_figure(experiments, d, out, labels) for d in datasets]
+    if not datasets:
+        jobs.append(lambda: (None, ['validation: no experiment has validation metrics; skipped']))
+    jobs += [
+        lambda: series_figure(experiments, 'sparsity/zeros', out, 'sparsity.png', 'overall sparsity (exact zeros)',
+                              'fraction of prunable weights = 0', labels),
+        lambda: layer_figure(experiments, out, labels),
+        lambda: series_figure(experiments, 'sparsity/mask_change', out, 'mask_change.png',
+                              'change of the unimportant set over the pruning stage',
+                              'fraction changed since the last log', labels, pruning_only=True),
+        lambda: gradient_figure(experiments, out, labels),
+        lambda: series_figure(experiments, 'losses/l_pix', out, 'loss.png', 'training loss (l_pix)', 'L1 loss',
+                              labels, logy=True),
+    ]
+    paths, notes = [], []
+    for job in (progress(jobs, desc='figures', unit='fig') if progress else jobs):
+        path, job_notes = job()
+        if path:
+            paths.append(path)
+        notes += job_notes
+    return paths, notes
