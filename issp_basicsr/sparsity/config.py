@@ -2,20 +2,41 @@
 
 The keys are a public contract shared by the YAML block and :func:`build_sparsifier`, so both go through
 :meth:`SparsityConfig.from_dict`, which rejects anything it does not know with a message naming the key.
+
+Every method gets the same stage keys (``prune_iter``, ``hold_lr_during_pruning``), so that all runs of a
+comparison share one learning-rate schedule; the selection keys are shared by every method that prunes, and a
+few keys belong to one method only (``METHOD_KEYS``). A key that does not apply to the chosen method is an error.
 """
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import Optional, Tuple
 
 OPTION_PREFIX = 'train:sparsity'
 
-# method -> keys that only make sense for it (every other key is shared by all methods)
+# keys every method accepts: the stage boundary, so that every method of a comparison has the same LR schedule
+COMMON_KEYS = ('method', 'prune_iter', 'hold_lr_during_pruning')
+# keys every pruning method accepts: how many weights are removed, where, and in which layout
+SELECTION_KEYS = ('ratio', 'exclude', 'scope', 'pattern', 'ratios')
+_REG_KEYS = ('reg_step', 'reg_interval', 'reg_max')
+
+# method -> the keys it accepts beyond COMMON_KEYS
 METHOD_KEYS = {
-    'issp': ('alpha', ),
-    'iht': (),
+    'issp': SELECTION_KEYS + ('alpha', 'interval'),
+    'iht': SELECTION_KEYS + ('interval', ),
+    'issr': SELECTION_KEYS + ('interval', ) + _REG_KEYS,
+    'greg': SELECTION_KEYS + _REG_KEYS,
+    'l1': SELECTION_KEYS,
+    'scratch': SELECTION_KEYS + ('seed', ),
+    'dense': (),
 }
-SHARED_KEYS = ('method', 'ratio', 'prune_iter', 'interval', 'exclude', 'hold_lr_during_pruning')
+# kept for callers of the first version: keys not tied to one method
+SHARED_KEYS = COMMON_KEYS + SELECTION_KEYS + ('interval', )
+ALL_KEYS = COMMON_KEYS + tuple(sorted({k for keys in METHOD_KEYS.values() for k in keys}))
+
+SCOPES = ('layer', 'global')
+_NM = re.compile(r'^\s*(\d+)\s*:\s*(\d+)\s*$')
 
 
 class SparsityConfigError(ValueError):
@@ -42,9 +63,33 @@ def _positive_int(key, value):
     return value
 
 
+def _positive_number(key, value):
+    if not _is_number(value) or not 0 < value < math.inf:
+        raise SparsityConfigError(f'{OPTION_PREFIX}:{key} must be a number > 0, got {value!r}')
+    return float(value)
+
+
 def pruned_count(ratio, numel):
     """ceil(ratio * numel), computed on the decimal the user wrote (0.95 * 7200 is 6840, not 6841)."""
     return min(numel, math.ceil(Fraction(repr(float(ratio))) * numel))
+
+
+def parse_pattern(value):
+    """``'unstructured'`` -> None; ``'N:M'`` -> (N, M) with 1 <= N < M."""
+    if value == 'unstructured':
+        return None
+    match = _NM.match(value) if isinstance(value, str) else None
+    if match is None:
+        hint = ''
+        if _is_int(value):  # YAML 1.1 reads an unquoted 2:4 as the base-60 number 124
+            hint = ' (quote it: YAML reads an unquoted N:M as a base-60 number)'
+        raise SparsityConfigError(f'{OPTION_PREFIX}:pattern must be unstructured or "N:M" with 1 <= N < M, '
+                                  f'got {value!r}{hint}')
+    n, m = int(match.group(1)), int(match.group(2))
+    if not 1 <= n < m:
+        raise SparsityConfigError(f'{OPTION_PREFIX}:pattern must be unstructured or "N:M" with 1 <= N < M, '
+                                  f'got {value!r}')
+    return n, m
 
 
 @dataclass(frozen=True)
@@ -56,6 +101,13 @@ class SparsityConfig:
     interval: int = 1
     exclude: Tuple[str, ...] = field(default_factory=tuple)
     hold_lr_during_pruning: bool = False
+    scope: str = 'layer'
+    pattern: str = 'unstructured'
+    ratios: Tuple[Tuple[str, float], ...] = field(default_factory=tuple)
+    reg_step: float = 1e-4
+    reg_interval: int = 20
+    reg_max: float = 0.5
+    seed: Optional[int] = None
 
     @classmethod
     def from_dict(cls, block: Optional[dict], total_iter: Optional[int] = None) -> 'SparsityConfig':
@@ -68,23 +120,22 @@ class SparsityConfig:
         method = block.get('method', cls.method)
         if method not in METHOD_KEYS:
             raise SparsityConfigError(f'{OPTION_PREFIX}:method must be one of {", ".join(METHOD_KEYS)}, got {method!r}')
-        all_method_keys = {k for keys in METHOD_KEYS.values() for k in keys}
         for key in block:
-            if key not in SHARED_KEYS and key not in all_method_keys:
-                raise SparsityConfigError(f'{OPTION_PREFIX}:{key} is not a known key (known: '
-                                          f'{", ".join(SHARED_KEYS + tuple(sorted(all_method_keys)))})')
-            if key in all_method_keys and key not in METHOD_KEYS[method]:
+            if key not in ALL_KEYS:
+                raise SparsityConfigError(f'{OPTION_PREFIX}:{key} is not a known key (known: {", ".join(ALL_KEYS)})')
+            if key not in COMMON_KEYS and key not in METHOD_KEYS[method]:
                 raise SparsityConfigError(f'{OPTION_PREFIX}:{key} does not apply to method {method!r}')
 
         values = {'method': method}
-        if 'ratio' in block:
-            values['ratio'] = _open_unit('ratio', block['ratio'])
-        if 'alpha' in block:
-            values['alpha'] = _open_unit('alpha', block['alpha'])
-        if 'prune_iter' in block:
-            values['prune_iter'] = _positive_int('prune_iter', block['prune_iter'])
-        if 'interval' in block:
-            values['interval'] = _positive_int('interval', block['interval'])
+        for key in ('ratio', 'alpha'):
+            if key in block:
+                values[key] = _open_unit(key, block[key])
+        for key in ('prune_iter', 'interval', 'reg_interval'):
+            if key in block:
+                values[key] = _positive_int(key, block[key])
+        for key in ('reg_step', 'reg_max'):
+            if key in block:
+                values[key] = _positive_number(key, block[key])
         if 'exclude' in block:
             exclude = block['exclude'] if block['exclude'] is not None else []
             if isinstance(exclude, str) or not all(isinstance(p, str) and p for p in exclude):
@@ -96,18 +147,61 @@ class SparsityConfig:
                 raise SparsityConfigError(f'{OPTION_PREFIX}:hold_lr_during_pruning must be true or false, '
                                           f'got {block["hold_lr_during_pruning"]!r}')
             values['hold_lr_during_pruning'] = block['hold_lr_during_pruning']
+        if 'scope' in block:
+            if block['scope'] not in SCOPES:
+                raise SparsityConfigError(f'{OPTION_PREFIX}:scope must be layer or global, got {block["scope"]!r}')
+            values['scope'] = block['scope']
+        if 'pattern' in block:
+            nm = parse_pattern(block['pattern'])
+            values['pattern'] = 'unstructured' if nm is None else f'{nm[0]}:{nm[1]}'
+        if 'ratios' in block:
+            ratios = block['ratios'] if block['ratios'] is not None else {}
+            if not isinstance(ratios, dict) or not all(isinstance(p, str) and p for p in ratios):
+                raise SparsityConfigError(f'{OPTION_PREFIX}:ratios must be a mapping of module-name patterns to '
+                                          f'ratios, got {block["ratios"]!r}')
+            values['ratios'] = tuple((p, _open_unit(f'ratios:{p}', r)) for p, r in ratios.items())
+        if 'seed' in block and block['seed'] is not None:
+            if not _is_int(block['seed']) or block['seed'] < 0:
+                raise SparsityConfigError(f'{OPTION_PREFIX}:seed must be an integer >= 0, got {block["seed"]!r}')
+            values['seed'] = block['seed']
         config = cls(**values)
-        if total_iter is not None and config.prune_iter > total_iter:
-            raise SparsityConfigError(f'{OPTION_PREFIX}:prune_iter ({config.prune_iter}) is past '
-                                      f'train:total_iter ({total_iter})')
+        config._check_combinations(total_iter)
         return config
 
+    def _check_combinations(self, total_iter):
+        if total_iter is not None and self.prune_iter > total_iter:
+            raise SparsityConfigError(f'{OPTION_PREFIX}:prune_iter ({self.prune_iter}) is past '
+                                      f'train:total_iter ({total_iter})')
+        if self.reg_max < self.reg_step:
+            raise SparsityConfigError(f'{OPTION_PREFIX}:reg_max ({self.reg_max}) is below reg_step ({self.reg_step})')
+        if self.nm is not None:
+            n, m = self.nm
+            for key, ratio in (('ratio', self.ratio), ) + tuple((f'ratios:{p}', r) for p, r in self.ratios):
+                if Fraction(repr(ratio)) < Fraction(n, m):
+                    raise SparsityConfigError(f'{OPTION_PREFIX}:{key} ({ratio}) is below the {n}/{m} that pattern '
+                                              f'{self.pattern} removes at least')
+
     @property
-    def shrink_factor(self) -> float:
-        """What an unimportant weight is multiplied by at a shrink step: alpha (soft) or 0 (hard)."""
-        return self.alpha if self.method == 'issp' else 0.0
+    def nm(self) -> Optional[Tuple[int, int]]:
+        """(N, M) for an N:M pattern, None for unstructured."""
+        return parse_pattern(self.pattern)
+
+    @property
+    def prunes(self) -> bool:
+        """False for ``dense``: the reference run with the same model class and schedule, and no pruning."""
+        return self.method != 'dense'
+
+    @property
+    def shrink_factor(self) -> Optional[float]:
+        """What an unimportant weight is multiplied by at a shrink step: alpha (ISS-P), 0 (IHT), None (others)."""
+        return {'issp': self.alpha, 'iht': 0.0}.get(self.method)
+
+    def penalty_at(self, current_iter: int) -> float:
+        """The L2 coefficient of ``issr``/``greg`` at an iteration: reg_step more every reg_interval, up to reg_max."""
+        return min(self.reg_max, self.reg_step * (current_iter // self.reg_interval))
 
     def to_dict(self) -> dict:
         values = asdict(self)
         values['exclude'] = list(self.exclude)
+        values['ratios'] = dict(self.ratios)
         return values

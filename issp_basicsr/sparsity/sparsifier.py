@@ -1,44 +1,160 @@
-"""The sparsifier: a small pruning API (build, step, apply masks, statistics, state_dict) for any training loop.
+"""The sparsifier: a small pruning API (build, pre_step, step, apply masks, statistics, state_dict) for any loop.
 
-Call :meth:`Sparsifier.step` after every optimizer step with the 1-based iteration number:
+Call :meth:`Sparsifier.pre_step` between ``backward()`` and the optimizer step (it only does work for the
+regularising methods) and :meth:`Sparsifier.step` after the optimizer step, both with the 1-based iteration.
+Every method has the same stage boundary ``prune_iter``; what happens before and at it depends on the method:
 
-* iterations ``1 .. prune_iter - 1`` (pruning stage): every ``interval`` iterations, re-select the
-  ``ceil(ratio * n)`` smallest weights of each layer and multiply them by alpha (ISS-P) or zero them (IHT);
-* iteration ``prune_iter``: the last selection becomes the frozen mask and its weights become exactly 0;
-* after it (fine-tuning stage): the frozen mask is applied again, so momentum cannot revive a pruned weight.
+=========  ==========================================================  ============================================
+method     iterations 1 .. prune_iter - 1 (pruning stage)               at prune_iter, then after every step
+=========  ==========================================================  ============================================
+issp       every ``interval``: re-select the unimportant set, * alpha   last set -> frozen mask, zeroed; re-applied
+iht        every ``interval``: re-select, set to 0                      same
+issr       every ``interval``: re-select; every step: L2 penalty on     same
+           the set (gradient ``penalty * w``), growing by ``reg_step``
+           every ``reg_interval`` up to ``reg_max``
+greg       the set chosen at the start stays; the same growing penalty  that set -> frozen mask, zeroed
+l1         mask chosen from the weights at the start, zeroed, frozen    re-applied
+scratch    random mask with the same per-layer counts, seeded, frozen   re-applied
+dense      nothing                                                      nothing
+=========  ==========================================================  ============================================
+
+The selection (how many, where, in which layout) is shared by all methods: ``ratio``, ``ratios`` overrides,
+``scope`` layer/global and ``pattern`` unstructured/N:M (see ``patterns.py``).
 """
 import torch
 from torch import nn
 
-from .config import OPTION_PREFIX, SparsityConfig, SparsityConfigError, pruned_count
+from .config import OPTION_PREFIX, SparsityConfig, SparsityConfigError
 from .layers import prunable_layers
-from .selection import group_layers
+from .patterns import build_units, check_nm, layer_overrides
 
 STATE_FORMAT = 'issp_basicsr.sparsifier/1'
+
+RESELECTING = ('issp', 'iht', 'issr')  # the unimportant set is re-chosen every `interval` during pruning
+PENALIZED = ('issr', 'greg')  # a growing L2 penalty on the unimportant set, applied in pre_step
+MAGNITUDE_AT_START = ('issr', 'greg', 'l1')  # the set is first chosen from the weights the run starts with
+FROZEN_AT_START = ('l1', 'scratch')  # the mask is fixed before the first iteration
+# keys that must match between a saved state and the options it is resumed with (they decide the masks)
+STATE_KEYS = ('method', 'ratio', 'exclude', 'scope', 'pattern', 'ratios')
 
 
 class SparsityStateError(ValueError):
     """A saved sparsifier state that does not fit this model or these options."""
 
 
+def _flat_selection(group):
+    """The group's whole selection as one tensor (``LayerGroup``: [layers, n]; ``RankedLayers``: flat)."""
+    return group.flat_selected if hasattr(group, 'flat_selected') else group.selected
+
+
+def _rows(group, tensor):
+    """Per-layer views of a tensor holding one value per weight of the group, shaped like each weight."""
+    flat = tensor.reshape(-1)
+    return [row.view_as(p) for row, p in zip(torch.split(flat, [p.numel() for p in group.params]), group.params)]
+
+
+def _num_pruned(group):
+    return group.num_pruned() if hasattr(group, 'num_pruned') else group.k * len(group.names)
+
+
+def check_layers(model: nn.Module, config: SparsityConfig):
+    """The checks that need the model's layers (exclude, ratios patterns, N:M input sizes), without building
+    any buffer: for option validation before a run starts."""
+    if not config.prunes:
+        return
+    layers = prunable_layers(model, config.exclude)
+    names, params = [n for n, _ in layers], [m.weight for _, m in layers]
+    layer_overrides(names, config, type(model).__name__)
+    if config.nm is not None:
+        check_nm(names, params, config.nm)
+
+
 class Sparsifier:
 
     def __init__(self, model: nn.Module, config: SparsityConfig):
         self.config = config
-        layers = prunable_layers(model, config.exclude)
+        self.model_name = type(model).__name__
+        layers = prunable_layers(model, config.exclude if config.prunes else ())
         self.layer_names = [name for name, _ in layers]
         self.layer_shapes = {name: tuple(module.weight.shape) for name, module in layers}
-        named_params = [(name, module.weight) for name, module in layers]
-        counts = [pruned_count(config.ratio, module.weight.numel()) for _, module in layers]
-        self.groups = group_layers(named_params, counts)
+        self.layer_params = [module.weight for _, module in layers]
         self.frozen = False
         self.last_step = 0
+        self.penalty = 0.0
         self._reference = None  # the unimportant set at the last statistics() call, for the change rate
+        self._penalty_masks = None
+        self.groups = []
+        if not config.prunes:
+            return
+        method = config.method
+        if method == 'scratch':
+            self.groups = self._random_units()
+        else:
+            self.groups = build_units(self.layer_names, self.layer_params, config, self.model_name)
+        if method in PENALIZED:  # the unimportant set as 0/1 in the weights' dtype, for one fused addcmul
+            self._penalty_masks = [torch.zeros(_flat_selection(g).shape, dtype=g.params[0].dtype,
+                                               device=g.params[0].device) for g in self.groups]
+            self._penalty_rows = [_rows(g, mask) for g, mask in zip(self.groups, self._penalty_masks)]
+        if method in MAGNITUDE_AT_START:
+            with torch.no_grad():
+                self._select()
+        if method in FROZEN_AT_START:
+            self.frozen = True
+            self.apply_masks()
+
+    @property
+    def seed(self) -> int:
+        """The seed of ``scratch``'s random mask (0 when the block names none and no caller filled it in)."""
+        return 0 if self.config.seed is None else self.config.seed
+
+    @torch.no_grad()
+    def _random_units(self):
+        """``scratch``: random positions with the per-layer counts the magnitude selection of the same options
+        gives (``scope: global`` decides them from the weights the run starts with), drawn from a dedicated
+        CPU generator so the mask is the same on every rank and device and the global RNG is left alone."""
+        config = self.config
+        counts = None
+        if config.scope == 'global':
+            counts = {}
+            for group in build_units(self.layer_names, self.layer_params, config, self.model_name):
+                group.select()
+                for name, row in zip(group.names, group.selected):
+                    counts[name] = int(row.sum())  # one-off host sync at construction
+            counts = [counts[name] for name in self.layer_names]
+        units = build_units(self.layer_names, self.layer_params, config, self.model_name, counts=counts, random=True)
+        generator = torch.Generator(device='cpu').manual_seed(self.seed)
+        scores = {name: torch.rand(shape, generator=generator) for name, shape in self.layer_shapes.items()}
+        for unit in units:
+            unit.select([scores[name].to(p.device) for name, p in zip(unit.names, unit.params)])
+        self._reference = [_flat_selection(g).clone() for g in units]
+        return units
 
     # ----------------------------------------------------------------------------------------- the step
     @property
     def phase(self) -> str:
+        if not self.config.prunes:
+            return 'dense'
         return 'finetune' if self.frozen else 'prune'
+
+    @torch.no_grad()
+    def pre_step(self, current_iter: int):
+        """Before the optimizer step of ``current_iter``: for ``issr``/``greg``, add the gradient of the L2 penalty
+        ``penalty/2 * sum(w^2)`` over the unimportant set, i.e. ``grad += penalty * w`` there (with plain SGD,
+        a shrink of those weights by ``1 - lr * penalty``). A no-op for the other methods and once frozen."""
+        if self._penalty_masks is None or self.frozen:
+            return
+        self.penalty = self.config.penalty_at(current_iter)
+        if self.penalty == 0:
+            return
+        grads, weights, masks = [], [], []
+        for group, rows in zip(self.groups, self._penalty_rows):
+            for param, row in zip(group.params, rows):
+                if param.grad is not None:
+                    grads.append(param.grad)
+                    weights.append(param.detach())
+                    masks.append(row)
+        if grads:
+            torch._foreach_addcmul_(grads, weights, masks, value=self.penalty)
 
     @torch.no_grad()
     def step(self, current_iter: int):
@@ -46,22 +162,32 @@ class Sparsifier:
         config = self.config
         if self.frozen:
             self.apply_masks()
+        elif not config.prunes:
+            pass
         elif current_iter >= config.prune_iter:
-            self._select()
+            if config.method in RESELECTING:
+                self._select()
             self.frozen = True
             self.apply_masks()
-        elif current_iter % config.interval == 0:
+        elif config.method in RESELECTING and current_iter % config.interval == 0:
             self._select()
             factor = config.shrink_factor
-            for group in self.groups:
-                group.shrink(factor)
+            if factor is not None:
+                for group in self.groups:
+                    group.shrink(factor)
         self.last_step = current_iter
 
     def _select(self):
         for group in self.groups:
             group.select()
+        self._refresh_penalty_masks()
         if self._reference is None:
-            self._reference = [group.selected.clone() for group in self.groups]
+            self._reference = [_flat_selection(group).clone() for group in self.groups]
+
+    def _refresh_penalty_masks(self):
+        if self._penalty_masks is not None:
+            for group, mask in zip(self.groups, self._penalty_masks):
+                mask.copy_(_flat_selection(group))
 
     @torch.no_grad()
     def apply_masks(self, model: nn.Module = None):
@@ -81,16 +207,17 @@ class Sparsifier:
         }
 
     def num_pruned(self) -> int:
-        """How many weights the frozen mask removes: the sum over layers of ceil(ratio * n)."""
-        return sum(group.k * len(group.names) for group in self.groups)
+        """How many weights the mask removes: the sum over layers of ceil(ratio_i * n_i), or ceil(ratio * total)
+        for the layers under one global threshold (0 for ``dense``)."""
+        return sum(_num_pruned(group) for group in self.groups)
 
     def num_weights(self) -> int:
-        return sum(group.numel * len(group.names) for group in self.groups)
+        return sum(p.numel() for p in self.layer_params)
 
     @torch.no_grad()
     def sparsity(self) -> float:
         """Fraction of the pruned layers' weights that are exactly 0 (syncs: for logging, not every step)."""
-        zeros = sum(int((p.detach() == 0).sum()) for group in self.groups for p in group.params)
+        zeros = sum(int((p.detach() == 0).sum()) for p in self.layer_params)
         return zeros / self.num_weights()
 
     @torch.no_grad()
@@ -100,8 +227,12 @@ class Sparsifier:
         ``sparsity/zeros``: fraction of the pruned layers' weights that are exactly 0.
         ``sparsity/mask_change``: fraction of the unimportant set that changed since the previous call.
         ``sparsity/grad_unimportant`` / ``sparsity/grad_kept``: L2 norm of the last gradient on the unimportant
-        and on the kept weights (the paper's trainability curves).
+        and on the kept weights (the paper's trainability curves; for issr/greg it includes the penalty's part).
+        ``sparsity/penalty``: the current L2 coefficient (issr, greg).
         """
+        stats = {'sparsity/zeros': self.sparsity()}
+        if not self.config.prunes:
+            return stats
         changed = 0
         grad_unimportant = torch.zeros((), dtype=torch.float64)
         grad_kept = torch.zeros((), dtype=torch.float64)
@@ -109,34 +240,38 @@ class Sparsifier:
             for param, selected in zip(group.params, group.selected):
                 if param.grad is not None:
                     grad_sq = param.grad.detach().reshape(-1).double().square()
-                    unimportant = grad_sq.masked_fill(~selected, 0).sum().cpu()
+                    unimportant = grad_sq.masked_fill(~selected.reshape(-1), 0).sum().cpu()
                     grad_unimportant += unimportant
                     grad_kept += grad_sq.sum().cpu() - unimportant
             if self._reference is not None:
-                changed += int((group.selected ^ self._reference[index]).sum()) // 2
-                self._reference[index].copy_(group.selected)
-        stats = {'sparsity/zeros': self.sparsity()}
+                current = _flat_selection(group)
+                changed += int((current ^ self._reference[index]).sum()) // 2
+                self._reference[index].copy_(current)
         if self._reference is not None:
-            stats['sparsity/mask_change'] = changed / self.num_pruned()
+            stats['sparsity/mask_change'] = changed / max(self.num_pruned(), 1)
         stats['sparsity/grad_unimportant'] = float(grad_unimportant.sqrt())
         stats['sparsity/grad_kept'] = float(grad_kept.sqrt())
+        if self.config.method in PENALIZED:
+            stats['sparsity/penalty'] = self.penalty
         return stats
 
     # -------------------------------------------------------------------------------------- persistence
     def state_dict(self) -> dict:
-        """Everything a resumed run needs: phase, last step, current selection / frozen mask, log reference."""
+        """Everything a resumed run needs: phase, last step, current selection / frozen mask, penalty, log
+        reference (only tensors, numbers and strings, so ``torch.load(weights_only=True)`` reads it)."""
         masks = {name: mask.detach().reshape(-1).cpu().clone() for name, mask in self.masks().items()}
         reference = None
         if self._reference is not None:
-            reference = {
-                name: row.cpu().clone()
-                for group, ref in zip(self.groups, self._reference) for name, row in zip(group.names, ref)
-            }
+            reference = {}
+            for group, ref in zip(self.groups, self._reference):
+                rows = _rows(group, ref)
+                reference.update({name: row.reshape(-1).cpu().clone() for name, row in zip(group.names, rows)})
         return {
             'format': STATE_FORMAT,
             'config': self.config.to_dict(),
             'last_step': self.last_step,
             'frozen': self.frozen,
+            'penalty': self.penalty,
             'shapes': {name: list(shape) for name, shape in self.layer_shapes.items()},
             'selected': masks,
             'reference': reference,
@@ -146,12 +281,16 @@ class Sparsifier:
         if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
             raise SparsityStateError('not a sparsifier state saved by issp_basicsr')
         saved = state['config']
-        for key in ('method', 'ratio', 'exclude'):
-            current = getattr(self.config, key)
-            current = list(current) if key == 'exclude' else current
-            if saved.get(key) != current:
+        current_values, defaults = self.config.to_dict(), SparsityConfig().to_dict()
+        keys = STATE_KEYS + (('seed', ) if self.config.method == 'scratch' else ())
+        for key in keys:
+            current = current_values[key]
+            before = saved.get(key, defaults[key])
+            if key == 'seed':
+                current, before = self.seed, 0 if before is None else before
+            if before != current:
                 raise SparsityStateError(f'{OPTION_PREFIX}:{key} is {current!r} but the saved state was trained '
-                                         f'with {saved.get(key)!r}')
+                                         f'with {before!r}')
         shapes = {name: tuple(shape) for name, shape in state['shapes'].items()}
         if shapes != self.layer_shapes:
             missing = sorted(set(self.layer_shapes) ^ set(shapes))
@@ -160,14 +299,16 @@ class Sparsifier:
             raise SparsityStateError(f'saved sparsifier state does not match the model ({detail})')
         for group in self.groups:
             for row, name in zip(group.selected, group.names):
-                row.copy_(state['selected'][name])
+                row.copy_(state['selected'][name].reshape(row.shape))
+        self._refresh_penalty_masks()
         if state.get('reference') is not None:
             self._reference = [
-                torch.stack([state['reference'][name] for name in group.names]).to(group.selected.device)
-                for group in self.groups
+                torch.cat([state['reference'][name].reshape(-1) for name in group.names]).view(
+                    _flat_selection(group).shape).to(_flat_selection(group).device) for group in self.groups
             ]
         self.frozen = bool(state['frozen'])
         self.last_step = int(state['last_step'])
+        self.penalty = float(state.get('penalty', 0.0))
         self.apply_masks()
 
 
@@ -176,4 +317,4 @@ def build_sparsifier(model: nn.Module, **block) -> Sparsifier:
     return Sparsifier(model, SparsityConfig.from_dict(block))
 
 
-__all__ = ['Sparsifier', 'SparsityStateError', 'SparsityConfigError', 'build_sparsifier']
+__all__ = ['Sparsifier', 'SparsityStateError', 'SparsityConfigError', 'build_sparsifier', 'check_layers']
