@@ -5,6 +5,8 @@ EMA, learning-rate schedule, training state, logging and validation.
 """
 import os
 from collections import OrderedDict
+from copy import deepcopy
+from dataclasses import replace
 
 import torch
 from basicsr.metrics import calculate_metric
@@ -13,8 +15,10 @@ from basicsr.models.swinir_model import SwinIRModel
 from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.matlab_functions import imresize
-from basicsr.utils.registry import MODEL_REGISTRY
+from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
+from ..checkpoint import atomic_save, load_network_state, read_network
+from ..distributed import check_masks_agree, mean_across_ranks
 from ..sparsity import Sparsifier, SparsityConfig, SparsityStateError
 
 
@@ -33,9 +37,20 @@ class ISSPSRModel(SRModel):
     def init_training_settings(self):
         train_opt = self.opt['train']
         self.sparsity_config = SparsityConfig.from_dict(train_opt.get('sparsity'), train_opt.get('total_iter'))
+        resuming = bool(self.opt['path'].get('resume_state'))
+        if self.sparsity_config.method == 'scratch':
+            self.sparsity_config = replace(self.sparsity_config, seed=self._scratch_seed())
+            if not resuming:
+                self._reinitialize_net_g(self.sparsity_config.seed)
         self.sparsifier = Sparsifier(self.get_bare_model(self.net_g), self.sparsity_config)
         super().init_training_settings()
-        # The pruning step runs right after optimizer.step(), before SRModel updates the EMA copy.
+        if self.ema_decay > 0 and not resuming:  # the EMA starts from the re-initialised, masked weights
+            if self.sparsity_config.method == 'scratch':
+                self.model_ema(0)
+            self.sparsifier.apply_masks(self.net_g_ema)
+        # issr/greg add their penalty's gradient right before optimizer.step(); the pruning step runs right
+        # after it, before SRModel updates the EMA copy.
+        self.optimizer_g.register_step_pre_hook(lambda *_: self.sparsifier.pre_step(self._current_iter))
         self.optimizer_g.register_step_post_hook(lambda *_: self.sparsifier.step(self._current_iter))
         logger = get_root_logger()
         cfg = self.sparsity_config
@@ -43,13 +58,36 @@ class ISSPSRModel(SRModel):
                     f'{len(self.sparsifier.layer_names)} layers, {self.sparsifier.num_weights():,} prunable weights, '
                     f'{self.sparsifier.num_pruned():,} to prune')
 
+    def _scratch_seed(self):
+        """``scratch``'s mask seed: the block's ``seed``, else ``manual_seed``; rank 0's value on every rank (BasicSR
+        draws a missing manual_seed per process)."""
+        seed = self.sparsity_config.seed
+        seed = self.opt.get('manual_seed', 0) if seed is None else seed
+        if self.opt.get('dist') and torch.distributed.is_initialized():
+            shared = [seed]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            seed = shared[0]
+        return int(seed)
+
+    def _reinitialize_net_g(self, seed):
+        """``scratch`` trains from fresh weights even when ``path: pretrain_network_g`` names a checkpoint: the
+        architecture is built again under ``seed`` (identical on every rank, the global RNG left as it was)."""
+        net_opt = deepcopy(self.opt['network_g'])
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            fresh = ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt)
+        self.get_bare_model(self.net_g).load_state_dict(fresh.state_dict())
+
     def optimize_parameters(self, current_iter):
         self._current_iter = current_iter
+        was_frozen = self.sparsifier.frozen
         super().optimize_parameters(current_iter)
         if self.ema_decay > 0:
             self.sparsifier.apply_masks(self.net_g_ema)
+        if self.sparsifier.frozen and not was_frozen:
+            check_masks_agree(self.sparsifier, f'at the mask freeze (iteration {current_iter})')
         if current_iter % self.opt['logger']['print_freq'] == 0:
-            self.log_dict.update(self.sparsifier.statistics())
+            self.log_dict.update(mean_across_ranks(self.sparsifier.statistics(), self.device))
 
     def update_learning_rate(self, current_iter, warmup_iter=-1):
         """With ``hold_lr_during_pruning`` the schedule does not move until prune_iter, so its milestones count
@@ -70,12 +108,46 @@ class ISSPSRModel(SRModel):
             'sparsifier': self.sparsifier.state_dict(),
         }
 
+    def save(self, epoch, current_iter, extra_state=None):
+        """SRModel.save (network, then training state, each file written atomically) after the ranks have shown
+        they hold the same masks; ``extra_state`` (the loop's data position and RNG states) joins the state."""
+        extra_state = dict(extra_state or {})
+        if current_iter != -1:
+            extra_state['mask_checksums'] = check_masks_agree(self.sparsifier, f'at checkpoint {current_iter}')
+        if hasattr(self, 'net_g_ema'):
+            self.save_network([self.net_g, self.net_g_ema], 'net_g', current_iter, param_key=['params', 'params_ema'])
+        else:
+            self.save_network(self.net_g, 'net_g', current_iter)
+        self.save_training_state(epoch, current_iter, extra_state)
+
     @master_only
-    def save_training_state(self, epoch, current_iter):
+    def save_network(self, net, net_label, current_iter, param_key='params'):
+        """BasicSR's save_network, written atomically: a kill mid-save leaves the previous files intact."""
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        save_dict = {}
+        for net_, key in zip(nets, keys):
+            state = self.get_bare_model(net_).state_dict()
+            save_dict[key] = {(k[7:] if k.startswith('module.') else k): v.cpu() for k, v in state.items()}
+        name = f'{net_label}_{"latest" if current_iter == -1 else current_iter}.pth'
+        atomic_save(save_dict, os.path.join(self.opt['path']['models'], name))
+
+    @master_only
+    def save_training_state(self, epoch, current_iter, extra_state=None):
         if current_iter == -1:
             return
-        path = os.path.join(self.opt['path']['training_states'], f'{current_iter}.state')
-        torch.save(self.training_state(epoch, current_iter), path)
+        state = self.training_state(epoch, current_iter)
+        state.update(extra_state or {})
+        atomic_save(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    def load_network(self, net, load_path, strict=True, param_key='params'):
+        """BasicSR's load_network with ``weights_only=True``; a damaged or foreign file is one OptionError line."""
+        net = self.get_bare_model(net)
+        state = read_network(load_path, param_key)
+        get_root_logger().info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: '
+                               f'[{param_key}].')
+        self._print_different_keys_loading(net, state, strict)
+        load_network_state(net, state, strict, load_path)
 
     def resume_training(self, resume_state):
         super().resume_training(resume_state)
@@ -85,6 +157,7 @@ class ISSPSRModel(SRModel):
         self.sparsifier.load_state_dict(resume_state['sparsifier'])
         if self.ema_decay > 0:
             self.sparsifier.apply_masks(self.net_g_ema)
+        check_masks_agree(self.sparsifier, f'after resuming from iteration {resume_state["iter"]}')
 
     # -------------------------------------------------------------------------------------- inference
     def test(self):
