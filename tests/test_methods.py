@@ -1,0 +1,420 @@
+"""Every method and selection variant, checked from outside: which weights are zero or shrunk, when, and how many."""
+import copy
+import hashlib
+import math
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from issp_basicsr.sparsity import SparsityConfig, SparsityConfigError, SparsityStateError, build_sparsifier, pruned_count
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+class Net(nn.Module):
+    """Conv2d and Linear layers whose input sizes are multiples of 4 (for N:M), plus a Conv2d with 3 inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+        self.last = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = self.conv(self.first(x)).permute(0, 2, 3, 1)
+        return self.last(self.body(x).permute(0, 3, 1, 2))
+
+
+LAYERS = ['first', 'conv', 'body.0', 'body.2', 'last']
+
+
+def make_net(seed=0):
+    torch.manual_seed(seed)
+    return Net()
+
+
+def weights(model):
+    return {name: model.get_submodule(name).weight.detach().clone() for name in LAYERS}
+
+
+def smallest(weight, count):
+    """Reference: the ``count`` smallest |w|, ties to the lower flat position (stable sort)."""
+    flat = weight.reshape(-1).abs()
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask[torch.sort(flat, stable=True).indices[:count]] = True
+    return mask.view_as(weight)
+
+
+def run(model, sparsifier, iters, lr=0.0, zero_loss=False, start=1, optimizer=None):
+    """A training loop: backward, pre_step, SGD step, step. ``zero_loss`` gives all-zero gradients."""
+    optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=lr)
+    torch.manual_seed(123)
+    for it in range(start, start + iters):
+        optimizer.zero_grad()
+        out = model(torch.randn(2, 3, 5, 5))
+        (out.sum() * 0 if zero_loss else out.square().mean()).backward()
+        sparsifier.pre_step(it)
+        optimizer.step()
+        sparsifier.step(it)
+    return optimizer
+
+
+# ------------------------------------------------------------------------------------------------- methods
+@pytest.mark.parametrize('method,factor', [('issp', 0.5), ('iht', 0.0)])
+def test_issp_and_iht_shrink_then_freeze_at_prune_iter(method, factor):
+    model = make_net()
+    block = dict(method=method, ratio=0.75, prune_iter=3)
+    if method == 'issp':
+        block['alpha'] = factor
+    sparsifier = build_sparsifier(model, **block)
+    before = weights(model)
+    run(model, sparsifier, 1)
+    for name, w0 in before.items():
+        mask = smallest(w0, pruned_count(0.75, w0.numel()))
+        w1 = model.get_submodule(name).weight.detach()
+        assert torch.equal(w1[mask], w0[mask] * factor) and torch.equal(w1[~mask], w0[~mask])
+    run(model, sparsifier, 1, start=2)
+    last = {name: smallest(w, pruned_count(0.75, w.numel())) for name, w in weights(model).items()}
+    run(model, sparsifier, 1, start=3)
+    assert sparsifier.frozen
+    for name, w in weights(model).items():
+        assert torch.equal(w == 0, last[name])
+
+
+def test_issr_penalty_grows_on_the_reselected_set_and_freezes():
+    """With plain SGD at lr 0.5 and a zero loss, the penalty alone moves weights: w <- (1 - 0.5 * penalty) w on
+    the unimportant set; penalty = min(0.3, 0.1 * (it // 2)), re-selected every iteration, frozen at 8."""
+    model = make_net()
+    sparsifier = build_sparsifier(model, method='issr', ratio=0.5, prune_iter=8, reg_step=0.1, reg_interval=2,
+                                  reg_max=0.3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    assert sparsifier.penalty == 0 and not sparsifier.frozen
+    for it in range(1, 8):
+        before = weights(model)
+        unimportant = {name: mask.clone() for name, mask in sparsifier.masks().items()}
+        run(model, sparsifier, 1, zero_loss=True, start=it, optimizer=optimizer)
+        penalty = min(0.3, 0.1 * (it // 2))
+        assert sparsifier.penalty == pytest.approx(penalty)
+        for name, w0 in before.items():
+            w1 = model.get_submodule(name).weight.detach()
+            mask = unimportant[name]
+            assert torch.allclose(w1[mask], w0[mask] * (1 - 0.5 * penalty), rtol=1e-6, atol=1e-8)
+            assert torch.equal(w1[~mask], w0[~mask])
+            # the set is re-selected after the step, from the current weights
+            assert torch.equal(sparsifier.masks()[name], smallest(w1, pruned_count(0.5, w1.numel())))
+    assert sparsifier.statistics()['sparsity/penalty'] == pytest.approx(0.3)
+    with torch.no_grad():  # a previously unimportant weight becomes the largest: it leaves the set at the freeze
+        weight = model.conv.weight.view(-1)
+        moved = sparsifier.masks()['conv'].reshape(-1).nonzero()[0, 0]
+        weight[moved] = 5.0
+    last = {name: smallest(w, pruned_count(0.5, w.numel())) for name, w in weights(model).items()}
+    run(model, sparsifier, 1, zero_loss=True, start=8, optimizer=optimizer)
+    assert sparsifier.frozen and model.conv.weight.view(-1)[moved] != 0
+    for name, w in weights(model).items():
+        assert torch.equal(w == 0, last[name])
+    frozen = weights(model)
+    run(model, sparsifier, 2, zero_loss=True, start=9, optimizer=optimizer)  # no penalty after the freeze
+    assert all(torch.equal(w, frozen[name]) for name, w in weights(model).items())
+
+
+def test_greg_keeps_the_set_chosen_at_the_start_and_masks_it_at_prune_iter():
+    model = make_net()
+    start = {name: smallest(w, pruned_count(0.5, w.numel())) for name, w in weights(model).items()}
+    sparsifier = build_sparsifier(model, method='greg', ratio=0.5, prune_iter=6, reg_step=0.2, reg_interval=1,
+                                  reg_max=0.4)
+    assert all(torch.equal(sparsifier.masks()[n], start[n]) for n in LAYERS)
+    assert sparsifier.sparsity() == 0  # nothing zeroed before prune_iter
+    with torch.no_grad():  # move a weight of the set far out: greg does not re-select
+        model.body[0].weight.view(-1)[start['body.0'].reshape(-1).nonzero()[0, 0]] = 5.0
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for it in range(1, 6):
+        before = weights(model)
+        run(model, sparsifier, 1, zero_loss=True, start=it, optimizer=optimizer)
+        factor = 1 - 0.5 * min(0.4, 0.2 * it)
+        for name, w0 in before.items():
+            w1 = model.get_submodule(name).weight.detach()
+            assert torch.allclose(w1[start[name]], w0[start[name]] * factor, rtol=1e-6, atol=1e-8)
+            assert torch.equal(w1[~start[name]], w0[~start[name]])
+        assert all(torch.equal(sparsifier.masks()[n], start[n]) for n in LAYERS)
+    run(model, sparsifier, 1, zero_loss=True, start=6, optimizer=optimizer)
+    assert sparsifier.frozen
+    for name, w in weights(model).items():
+        assert torch.equal(w == 0, start[name])
+
+
+def test_l1_masks_the_starting_weights_before_the_first_step_and_keeps_the_mask():
+    model = make_net()
+    start = {name: smallest(w, pruned_count(0.9, w.numel())) for name, w in weights(model).items()}
+    before = weights(model)
+    sparsifier = build_sparsifier(model, method='l1', ratio=0.9, prune_iter=2)
+    assert sparsifier.frozen
+    for name, w in weights(model).items():
+        assert torch.equal(w == 0, start[name]) and torch.equal(w[~start[name]], before[name][~start[name]])
+    run(model, sparsifier, 4, lr=0.1)  # real training: kept weights move, the zeros stay, before and after 2
+    for name, w in weights(model).items():
+        assert torch.equal(w == 0, start[name])
+        assert not torch.equal(w[~start[name]], before[name][~start[name]])
+
+
+def test_scratch_is_a_seeded_random_mask_with_the_same_per_layer_counts():
+    model = make_net()
+    rng = torch.get_rng_state()
+    sparsifier = build_sparsifier(model, method='scratch', ratio=0.75, prune_iter=5, seed=7)
+    assert torch.equal(torch.get_rng_state(), rng)  # a dedicated generator: the global RNG is untouched
+    masks = sparsifier.masks()
+    for name, w in weights(model).items():
+        assert int(masks[name].sum()) == pruned_count(0.75, w.numel())
+        assert torch.equal(w == 0, masks[name])
+    assert not all(torch.equal(masks[n], smallest(w, pruned_count(0.75, w.numel())))
+                   for n, w in weights(make_net()).items())
+    other_init = build_sparsifier(make_net(seed=5), method='scratch', ratio=0.75, prune_iter=5, seed=7).masks()
+    assert all(torch.equal(masks[n], other_init[n]) for n in LAYERS)  # the mask ignores the weights
+    other_seed = build_sparsifier(make_net(), method='scratch', ratio=0.75, prune_iter=5, seed=8).masks()
+    assert not all(torch.equal(masks[n], other_seed[n]) for n in LAYERS)
+    run(model, sparsifier, 6, lr=0.1)
+    assert all(torch.equal(w == 0, masks[n]) for n, w in weights(model).items())
+
+
+MASK_DIGEST = '''
+import hashlib, sys, types, torch
+package = types.ModuleType('issp_basicsr')  # the core alone, without the package's BasicSR set-up (fast)
+package.__path__ = [{package!r}]
+sys.modules['issp_basicsr'] = package
+sys.path.insert(0, {tests!r})
+from test_methods import make_net
+from issp_basicsr.sparsity import build_sparsifier
+torch.manual_seed(int(sys.argv[1]))  # BasicSR seeds each rank with seed + rank
+net = make_net(seed=int(sys.argv[1]))
+masks = build_sparsifier(net, method='scratch', ratio=0.8, seed=11, pattern='2:4', exclude=['first']).masks()
+print(hashlib.sha256(b''.join(m.numpy().tobytes() for m in masks.values())).hexdigest())
+'''
+
+
+def test_scratch_mask_is_identical_in_two_processes_with_different_global_seeds():
+    code = MASK_DIGEST.format(package=str(ROOT / 'issp_basicsr'), tests=str(ROOT / 'tests'))
+    digests = [
+        subprocess.run([sys.executable, '-c', code, str(rank)], capture_output=True, text=True, check=True,
+                       cwd=ROOT).stdout.strip() for rank in (0, 1)
+    ]
+    masks = build_sparsifier(make_net(), method='scratch', ratio=0.8, seed=11, pattern='2:4',
+                             exclude=['first']).masks()
+    here = hashlib.sha256(b''.join(m.numpy().tobytes() for m in masks.values())).hexdigest()
+    assert digests == [here, here]
+
+
+def test_dense_changes_nothing_and_still_reports():
+    model = make_net()
+    sparsifier = build_sparsifier(model, method='dense', prune_iter=2)
+    before = copy.deepcopy(model.state_dict())
+    run(model, sparsifier, 3, zero_loss=True)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert sparsifier.phase == 'dense' and sparsifier.num_pruned() == 0 and sparsifier.masks() == {}
+    assert sparsifier.statistics() == {'sparsity/zeros': 0.0}
+    restored = build_sparsifier(make_net(), method='dense', prune_iter=2)
+    restored.load_state_dict(sparsifier.state_dict())
+    assert restored.last_step == 3
+
+
+# ----------------------------------------------------------------------------------------- selection variants
+def test_global_scope_has_one_threshold_and_an_exact_total():
+    model = make_net()
+    before = weights(model)
+    sparsifier = build_sparsifier(model, method='iht', ratio=0.6, prune_iter=1, scope='global')
+    sparsifier.step(1)
+    total = sum(w.numel() for w in before.values())
+    count = pruned_count(0.6, total)
+    assert sparsifier.num_pruned() == count
+    flat = torch.cat([before[n].reshape(-1) for n in LAYERS])
+    expected = smallest(flat, count)
+    got = torch.cat([sparsifier.masks()[n].reshape(-1) for n in LAYERS])
+    assert torch.equal(got, expected) and int(got.sum()) == count
+    assert torch.equal(torch.cat([w.reshape(-1) for w in weights(model).values()]) == 0, expected)
+    per_layer = [int(sparsifier.masks()[n].sum()) for n in LAYERS]
+    assert len(set(p / before[n].numel() for p, n in zip(per_layer, LAYERS))) > 1  # counts follow magnitudes
+
+
+def test_global_scope_breaks_ties_by_position_across_layers():
+    model = make_net()
+    with torch.no_grad():
+        for name in LAYERS:
+            model.get_submodule(name).weight.fill_(0.25)
+    sparsifier = build_sparsifier(model, method='l1', ratio=0.5, scope='global')
+    total = sum(model.get_submodule(n).weight.numel() for n in LAYERS)
+    got = torch.cat([sparsifier.masks()[n].reshape(-1) for n in LAYERS])
+    count = pruned_count(0.5, total)
+    assert got[:count].all() and not got[count:].any()
+
+
+def test_global_scope_with_a_per_layer_override():
+    model = make_net()
+    before = weights(model)
+    sparsifier = build_sparsifier(model, method='l1', ratio=0.7, scope='global', ratios={'body.0': 0.25})
+    masks = sparsifier.masks()
+    assert torch.equal(masks['body.0'], smallest(before['body.0'], pruned_count(0.25, 128)))
+    rest = [n for n in LAYERS if n != 'body.0']
+    flat = torch.cat([before[n].reshape(-1) for n in rest])
+    count = pruned_count(0.7, flat.numel())
+    assert torch.equal(torch.cat([masks[n].reshape(-1) for n in rest]), smallest(flat, count))
+    assert sparsifier.num_pruned() == count + pruned_count(0.25, 128)
+
+
+def test_per_layer_ratios_first_matching_pattern_wins():
+    model = make_net()
+    sparsifier = build_sparsifier(model, method='l1', ratio=0.9, ratios={'first': 0.5, 'body.*': 0.6, 'body': 0.1})
+    counts = {n: int(m.sum()) for n, m in sparsifier.masks().items()}
+    assert counts == {'first': pruned_count(0.5, 216), 'conv': pruned_count(0.9, 576), 'body.0': pruned_count(0.6, 128),
+                      'body.2': pruned_count(0.6, 128), 'last': pruned_count(0.9, 32)}
+    with pytest.raises(SparsityConfigError, match="train:sparsity:ratios pattern 'tail' matches no pruned layer of Net"):
+        build_sparsifier(make_net(), method='l1', ratios={'tail': 0.5})
+    with pytest.raises(SparsityConfigError, match="ratios pattern 'first' matches no pruned layer"):
+        build_sparsifier(make_net(), method='l1', exclude=['first'], ratios={'first': 0.5})
+
+
+def nm_groups(mask):
+    """Groups of 4 consecutive weights along the input dimension: Linear rows, Conv2d per (out, kh, kw)."""
+    grouped = mask if mask.dim() == 2 else mask.permute(0, 2, 3, 1)
+    return grouped.reshape(-1, 4)
+
+
+def nm_reference(weight, n):
+    """Per group of 4 along the inputs, the n smallest |w| (stable), in the weight's layout."""
+    grouped = (weight if weight.dim() == 2 else weight.permute(0, 2, 3, 1)).abs().reshape(-1, 4)
+    mask = torch.zeros_like(grouped, dtype=torch.bool)
+    mask.scatter_(1, torch.sort(grouped, dim=1, stable=True).indices[:, :n], True)
+    if weight.dim() == 2:
+        return mask.view_as(weight)
+    out, cin, kh, kw = weight.shape
+    return mask.view(out, kh, kw, cin).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize('scope', ['layer', 'global'])
+def test_n_m_pattern_at_its_own_ratio_is_exactly_n_per_group_along_the_inputs(scope):
+    model = make_net()
+    before = weights(model)
+    sparsifier = build_sparsifier(model, method='iht', ratio=0.5, prune_iter=1, pattern='2:4', scope=scope,
+                                  exclude=['first'])
+    sparsifier.step(1)
+    for name in LAYERS[1:]:
+        mask = sparsifier.masks()[name]
+        assert torch.equal(nm_groups(mask).sum(1), torch.full((mask.numel() // 4, ), 2))
+        assert torch.equal(mask, nm_reference(before[name], 2))
+        assert torch.equal(model.get_submodule(name).weight.detach() == 0, mask)
+
+
+@pytest.mark.parametrize('scope', ['layer', 'global'])
+def test_n_m_pattern_above_its_ratio_keeps_n_per_group_and_the_exact_count(scope):
+    model = make_net()
+    before = weights(model)
+    sparsifier = build_sparsifier(model, method='l1', ratio=0.8, pattern='1:4', scope=scope, exclude=['first'])
+    masks = sparsifier.masks()
+    total = 0
+    for name in LAYERS[1:]:
+        assert (nm_groups(masks[name]).sum(1) >= 1).all()
+        assert torch.equal(masks[name] & nm_reference(before[name], 1), nm_reference(before[name], 1))
+        total += int(masks[name].sum())
+        if scope == 'layer':
+            assert int(masks[name].sum()) == pruned_count(0.8, masks[name].numel())
+            # beyond the forced one per group, the smallest of the rest by magnitude
+            rest = before[name].abs().masked_fill(nm_reference(before[name], 1), -1).reshape(-1)
+            expected = torch.zeros_like(rest, dtype=torch.bool)
+            expected[torch.sort(rest, stable=True).indices[:pruned_count(0.8, rest.numel())]] = True
+            assert torch.equal(masks[name], expected.view_as(masks[name]))
+    assert total == sparsifier.num_pruned()
+    if scope == 'global':
+        assert total == pruned_count(0.8, sum(before[n].numel() for n in LAYERS[1:]))
+
+
+def test_n_m_pattern_rejects_a_layer_whose_inputs_are_not_a_multiple_of_m():
+    with pytest.raises(SparsityConfigError) as error:
+        build_sparsifier(make_net(), method='issp', pattern='2:4')
+    assert str(error.value) == ('train:sparsity:pattern 2:4: layer first has input size 3, not a multiple of 4 '
+                                '(add it to exclude)')
+
+
+def test_every_method_runs_every_variant_with_statistics_and_state():
+    variants = [dict(), dict(scope='global'), dict(pattern='2:4', exclude=['first']), dict(ratios={'conv': 0.5})]
+    extra = {'issp': dict(alpha=0.9), 'iht': {}, 'issr': dict(reg_step=0.1, reg_interval=1), 'greg': dict(reg_step=0.1),
+             'l1': {}, 'scratch': dict(seed=1)}
+    for method, keys in extra.items():
+        for variant in variants:
+            block = dict(method=method, ratio=0.75, prune_iter=3, **keys, **variant)
+            model = make_net()
+            sparsifier = build_sparsifier(model, **block)
+            run(model, sparsifier, 2, lr=0.01)
+            state = sparsifier.state_dict()
+            assert 'sparsity/grad_kept' in sparsifier.statistics()
+            resumed_model = copy.deepcopy(model)
+            resumed = build_sparsifier(resumed_model, **block)
+            resumed.load_state_dict(state)
+            assert resumed.penalty == sparsifier.penalty
+            assert all(torch.equal(resumed.masks()[n], m) for n, m in sparsifier.masks().items())
+            run(model, sparsifier, 2, lr=0.01, start=3)
+            run(resumed_model, resumed, 2, lr=0.01, start=3)
+            assert all(torch.equal(resumed.masks()[n], m) for n, m in sparsifier.masks().items()), (method, variant)
+            assert sparsifier.frozen and resumed.frozen
+            zeros = sum(int((w == 0).sum()) for w in weights(model).values())
+            assert zeros == sparsifier.num_pruned(), (method, variant)
+
+
+def test_resume_keeps_the_penalty_and_refuses_another_seed():
+    model = make_net()
+    block = dict(method='issr', ratio=0.5, prune_iter=50, reg_step=0.05, reg_interval=2)
+    sparsifier = build_sparsifier(model, **block)
+    run(model, sparsifier, 5, lr=0.01)
+    resumed = build_sparsifier(copy.deepcopy(model), **block)
+    resumed.load_state_dict(sparsifier.state_dict())
+    assert resumed.penalty == pytest.approx(0.1) and resumed.statistics()['sparsity/penalty'] == pytest.approx(0.1)
+    state = build_sparsifier(make_net(), method='scratch', seed=1).state_dict()
+    with pytest.raises(SparsityStateError, match='train:sparsity:seed is 2 but the saved state was trained with 1'):
+        build_sparsifier(make_net(), method='scratch', seed=2).load_state_dict(state)
+    state = build_sparsifier(make_net(), method='l1', scope='global').state_dict()
+    with pytest.raises(SparsityStateError, match="train:sparsity:scope is 'layer' but the saved state was trained "
+                       "with 'global'"):
+        build_sparsifier(make_net(), method='l1').load_state_dict(state)
+
+
+# --------------------------------------------------------------------------------------------- option keys
+@pytest.mark.parametrize('block,message', [
+    (dict(method='iht', alpha=0.9), "train:sparsity:alpha does not apply to method 'iht'"),
+    (dict(method='issp', reg_step=0.1), "train:sparsity:reg_step does not apply to method 'issp'"),
+    (dict(method='greg', interval=2), "train:sparsity:interval does not apply to method 'greg'"),
+    (dict(method='l1', interval=2), "train:sparsity:interval does not apply to method 'l1'"),
+    (dict(method='l1', seed=1), "train:sparsity:seed does not apply to method 'l1'"),
+    (dict(method='scratch', alpha=0.9), "train:sparsity:alpha does not apply to method 'scratch'"),
+    (dict(method='dense', ratio=0.9), "train:sparsity:ratio does not apply to method 'dense'"),
+    (dict(method='dense', scope='global'), "train:sparsity:scope does not apply to method 'dense'"),
+    (dict(method='issr', reg_stpe=0.1), 'train:sparsity:reg_stpe is not a known key'),
+    (dict(method='issr', reg_step=0), 'train:sparsity:reg_step must be a number > 0, got 0'),
+    (dict(method='greg', reg_interval=0.5), 'train:sparsity:reg_interval must be an integer >= 1, got 0.5'),
+    (dict(method='issr', reg_step=0.2, reg_max=0.1), 'train:sparsity:reg_max (0.1) is below reg_step (0.2)'),
+    (dict(method='scratch', seed=-1), 'train:sparsity:seed must be an integer >= 0, got -1'),
+    (dict(scope='model'), "train:sparsity:scope must be layer or global, got 'model'"),
+    (dict(pattern='4:2'), "train:sparsity:pattern must be unstructured or \"N:M\" with 1 <= N < M, got '4:2'"),
+    (dict(pattern=124), 'quote it: YAML reads an unquoted N:M as a base-60 number'),
+    (dict(pattern='2:4', ratio=0.4), 'train:sparsity:ratio (0.4) is below the 2/4 that pattern 2:4 removes'),
+    (dict(pattern='2:4', ratio=0.9, ratios={'conv': 0.25}), 'train:sparsity:ratios:conv (0.25) is below the 2/4'),
+    (dict(ratios={'conv': 1.5}), 'train:sparsity:ratios:conv must be a number with 0 < ratios:conv < 1'),
+    (dict(ratios=['conv']), 'train:sparsity:ratios must be a mapping of module-name patterns to ratios'),
+])
+def test_method_keys_are_validated_by_name(block, message):
+    with pytest.raises(SparsityConfigError) as error:
+        SparsityConfig.from_dict(block)
+    assert message in str(error.value)
+
+
+def test_yaml_reads_an_unquoted_n_m_as_a_number():
+    assert yaml.safe_load('pattern: 2:4')['pattern'] == 124
+    assert SparsityConfig.from_dict(yaml.safe_load('pattern: "2:4"\nratio: 0.5')).nm == (2, 4)
+
+
+def test_penalty_schedule():
+    config = SparsityConfig.from_dict(dict(method='issr', reg_step=1e-4, reg_interval=20, reg_max=0.5))
+    assert [config.penalty_at(i) for i in (1, 19, 20, 39, 40)] == [0, 0, 1e-4, 1e-4, 2e-4]
+    assert config.penalty_at(100000) == pytest.approx(0.5) and config.penalty_at(10**7) == 0.5
+    assert math.isclose(SparsityConfig().penalty_at(100000), 0.5)  # defaults reach reg_max at the paper's K_p
