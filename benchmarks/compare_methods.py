@@ -1,0 +1,438 @@
+"""Compare pruning methods on equal budgets: dense, IHT, ISS-R, L1-norm, scratch and ISS-P at several ratios.
+
+Every run is ``basicsr train`` on an option file generated from one base file; the generated files differ only
+in ``name``, ``manual_seed`` and the ``train: sparsity:`` block, so every method gets the same network, data,
+iterations, schedule and seed. Each run ends with a validation on the held-out images of the base file's val set
+(PSNR/SSIM on Y, crop border = scale) beside bicubic; this script collects those into a markdown table
+(mean ± std over seeds), and draws the report figures (one curve per method) for each ratio.
+
+    python benchmarks/compare_methods.py                         # CPU budget on the sample set
+    python benchmarks/compare_methods.py --iters 500 --seeds 0   # a quicker look
+    python benchmarks/compare_methods.py --estimate              # time a short probe, print the grid's cost
+    python benchmarks/compare_methods.py --full --dry-run        # the paper's settings: write the files only
+
+Finished runs are skipped when the script is started again (``--rerun`` trains them anew).
+"""
+import argparse
+import copy
+import glob
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+DEFAULT_METHODS = ['dense', 'iht', 'issr', 'l1', 'scratch', 'issp']
+DEFAULT_RATIOS = [0.9, 0.95, 0.99]
+SAMPLE_BASE = os.path.join(ROOT, 'options', 'demo_issp_swinir_sample_x4.yml')
+FULL_BASE = os.path.join(ROOT, 'options', 'issp_swinir_x4.yml')
+# keys of the base file's sparsity block that describe the schedule, shared by every method that takes them
+SCHEDULE_KEYS = ('prune_iter', 'interval', 'exclude', 'hold_lr_during_pruning', 'scope', 'pattern', 'ratios')
+METHOD_DEFAULTS = {'issp': {'alpha': 0.95}}
+PATH_KEYS = ('dataroot_gt', 'dataroot_lq', 'meta_info_file')
+
+
+# ------------------------------------------------------------------------------------- option files
+def load_yaml(path):
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def set_key(opt, dotted, value):
+    """``network_g:embed_dim=24`` style override (``:`` or ``.`` separated keys)."""
+    keys = dotted.replace('.', ':').split(':')
+    node = opt
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+
+
+def scaled(value, factor):
+    return max(1, int(round(value * factor)))
+
+
+def common_options(base, iters=None, batch=None, overrides=(), base_dir=ROOT, keep_freqs=False):
+    """The part every run shares: the base file with the budget applied, paths made absolute (the runs train
+    in the output folder), and evaluation fixed to PSNR/SSIM on Y with crop border = scale."""
+    opt = copy.deepcopy(base)
+    train = opt['train']
+    block = dict(train.get('sparsity') or {})
+    old_total = train['total_iter']
+    if iters is not None:
+        factor = iters / old_total
+        train['total_iter'] = iters
+        if 'prune_iter' in block:
+            block['prune_iter'] = min(iters, scaled(block['prune_iter'], factor))
+        scheduler = train.get('scheduler') or {}
+        for key in ('milestones', 'periods'):
+            if key in scheduler:
+                scheduler[key] = [scaled(m, factor) for m in scheduler[key]]
+    total = train['total_iter']
+    block.setdefault('prune_iter', max(1, total // 3))
+    train['sparsity'] = block
+    if batch is not None:
+        opt['datasets']['train']['batch_size_per_gpu'] = batch
+    for dataset in opt['datasets'].values():
+        for key in PATH_KEYS:
+            if isinstance(dataset.get(key), str) and not os.path.isabs(dataset[key]):
+                dataset[key] = os.path.normpath(os.path.join(base_dir, dataset[key]))
+    scale = opt['scale']
+    if opt.get('val') is not None:
+        opt['val']['metrics'] = {
+            'psnr': {'type': 'calculate_psnr', 'crop_border': scale, 'test_y_channel': True},
+            'ssim': {'type': 'calculate_ssim', 'crop_border': scale, 'test_y_channel': True},
+        }
+        opt['val']['save_img'] = False
+    logger = opt.setdefault('logger', {})
+    logger['use_tb_logger'] = True
+    logger['wandb'] = {'project': None, 'resume_id': None}
+    if not keep_freqs:
+        logger['print_freq'] = max(1, total // 60)
+        logger['save_checkpoint_freq'] = total
+        if opt.get('val') is not None:
+            opt['val']['val_freq'] = max(1, total // 10)
+    opt['path'] = dict(opt.get('path') or {}, resume_state=None)
+    opt['model_type'] = 'ISSPSRModel'
+    for override in overrides:
+        key, _, text = override.partition('=')
+        set_key(opt, key, yaml.safe_load(text))
+    return opt
+
+
+def applicable_keys(method):
+    """The sparsity keys ``method`` accepts, from the pruning core's own table."""
+    from issp_basicsr.sparsity import config
+    every_method = getattr(config, 'COMMON_KEYS', config.SHARED_KEYS)  # keys that apply to every method
+    return set(every_method) | set(config.METHOD_KEYS.get(method, ()))
+
+
+def sparsity_block(method, ratio, shared_block):
+    """The one part that differs between methods: method, ratio, the schedule keys the method takes, and its own
+    keys (from the base block when it has them, else METHOD_DEFAULTS, else the core's defaults)."""
+    from issp_basicsr.sparsity import SparsityConfig
+    from issp_basicsr.sparsity import config
+    keys = applicable_keys(method)
+    block = {'method': method}
+    if ratio is not None and 'ratio' in keys:
+        block['ratio'] = ratio
+    for key in SCHEDULE_KEYS:
+        if key in shared_block and key in keys:
+            block[key] = copy.deepcopy(shared_block[key])
+    for key in config.METHOD_KEYS.get(method, ()):
+        if key in block or key == 'ratio' or key in SCHEDULE_KEYS:
+            continue
+        if key in shared_block:
+            block[key] = copy.deepcopy(shared_block[key])
+        elif key in METHOD_DEFAULTS.get(method, {}):
+            block[key] = METHOD_DEFAULTS[method][key]
+    SparsityConfig.from_dict(block)  # fail here, naming the key, rather than in the middle of the grid
+    return block
+
+
+def run_name(prefix, method, ratio, seed):
+    return f'{prefix}_{method}_s{seed}' if ratio is None else f'{prefix}_{method}_r{ratio:g}_s{seed}'
+
+
+def plan_runs(common, methods, ratios, seeds, prefix='cmp'):
+    """[(name, method, ratio, seed, options)]; dense has no ratio and runs once per seed."""
+    shared_block = common['train']['sparsity']
+    runs = []
+    for seed in seeds:
+        for method in methods:
+            for ratio in ([None] if method == 'dense' else ratios):
+                opt = copy.deepcopy(common)
+                opt['name'] = run_name(prefix, method, ratio, seed)
+                opt['manual_seed'] = seed
+                opt['train']['sparsity'] = sparsity_block(method, ratio, shared_block)
+                runs.append((opt['name'], method, ratio, seed, opt))
+    return runs
+
+
+def write_options(opt, folder):
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f'{opt["name"]}.yml')
+    with open(path, 'w') as handle:
+        yaml.safe_dump(opt, handle, sort_keys=False)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ running
+def finished(out, name):
+    for log in glob.glob(os.path.join(out, 'experiments', name, f'train_{name}_*.log')):
+        with open(log, errors='replace') as handle:
+            if 'End of training' in handle.read():
+                return True
+    return False
+
+
+def train_command(option_file):
+    return [sys.executable, '-m', 'issp_basicsr.cli', 'train', '-opt', option_file]
+
+
+def run_training(option_file, out, name):
+    """One ``basicsr train`` in ``out``; its console output goes to ``out/console/<name>.txt``."""
+    os.makedirs(os.path.join(out, 'console'), exist_ok=True)
+    console = os.path.join(out, 'console', f'{name}.txt')
+    start = time.time()
+    with open(console, 'w') as handle:
+        code = subprocess.call(train_command(option_file), cwd=out, stdout=handle, stderr=subprocess.STDOUT)
+    if code != 0:
+        with open(console, errors='replace') as handle:
+            tail = handle.read().strip().splitlines()[-1:] or ['']
+        raise SystemExit(f'compare_methods: {name} failed (exit {code}): {tail[0]} (see {console})')
+    return time.time() - start
+
+
+# -------------------------------------------------------------------------------------------- results
+def mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def cell(values, digits):
+    mean, std = mean_std(values)
+    if mean is None:
+        return '–'
+    return f'{mean:.{digits}f}' + (f' ± {std:.{digits}f}' if std is not None else '')
+
+
+def collect(out, runs):
+    """{(method, ratio): [experiment, ...]} of the finished runs, read back with the report module."""
+    from issp_basicsr.report import load_experiment
+    results = {}
+    for name, method, ratio, seed, _ in runs:
+        path = os.path.join(out, 'experiments', name)
+        if os.path.isdir(path):
+            results.setdefault((method, ratio), []).append(load_experiment(path))
+    return results
+
+
+def comparison_table(results, methods, ratios):
+    """Rows: bicubic, then each method; columns: PSNR and SSIM per ratio, mean ± std over seeds."""
+    experiments = [e for group in results.values() for e in group]
+    datasets = [d for e in experiments for d in e.datasets()]
+    if not datasets:
+        return '(no finished run has validation results)', None
+    dataset = datasets[0]
+    header = ['method'] + [f'{m} @ {r:g}' for r in ratios for m in ('PSNR', 'SSIM')] + ['sparsity @ ' + ', '.join(
+        f'{r:g}' for r in ratios)]
+    # bicubic is computed on the same held-out images by every run: one value
+    bicubic = [cell([experiments[0].final_metric(dataset, m)[1]], d) for m, d in (('psnr', 2), ('ssim', 4))]
+    rows = [['bicubic'] + bicubic * len(ratios) + ['–']]
+    best = {}
+    for ratio in ratios:
+        scores = {m: mean_std([e.final_metric(dataset, 'psnr')[0] for e in results.get(
+            (m, None if m == 'dense' else ratio), [])])[0] for m in methods if m != 'dense'}
+        scores = {m: s for m, s in scores.items() if s is not None}
+        if scores:
+            best[ratio] = max(scores, key=scores.get)
+    for method in methods:
+        row = [method]
+        sparsities = []
+        for ratio in ratios:
+            group = results.get((method, None if method == 'dense' else ratio), [])
+            psnr = cell([e.final_metric(dataset, 'psnr')[0] for e in group], 2)
+            if best.get(ratio) == method:
+                psnr = f'**{psnr}**'
+            row += [psnr, cell([e.final_metric(dataset, 'ssim')[0] for e in group], 4)]
+            sparsities.append(cell([e.sparsity for e in group], 3))
+        row.append(' / '.join(sparsities))
+        rows.append(row)
+    from issp_basicsr.report.table import markdown_table
+    return markdown_table(header, rows), dataset
+
+
+def verdict(results, methods, ratios, dataset):
+    """Plain sentences: which method won each ratio and ISS-P's margin over the best other pruning method."""
+    lines = []
+    for ratio in ratios:
+        scores = {}
+        for method in methods:
+            if method == 'dense':
+                continue
+            mean, _ = mean_std([e.final_metric(dataset, 'psnr')[0] for e in results.get((method, ratio), [])])
+            if mean is not None:
+                scores[method] = mean
+        if not scores:
+            continue
+        winner = max(scores, key=scores.get)
+        line = f'ratio {ratio:g}: best PSNR {winner} ({scores[winner]:.2f} dB)'
+        if 'issp' in scores:
+            others = {m: s for m, s in scores.items() if m != 'issp'}
+            if others:
+                rival = max(others, key=others.get)
+                margin = scores['issp'] - others[rival]
+                line += f'; ISS-P {"leads" if margin > 0 else "trails"} the best other method ({rival}) by ' \
+                        f'{abs(margin):.2f} dB'
+        lines.append(line)
+    dense = mean_std([e.final_metric(dataset, 'psnr')[0] for e in results.get(('dense', None), [])])[0]
+    bicubic = [e.final_metric(dataset, 'psnr')[1] for g in results.values() for e in g]
+    bicubic = next((b for b in bicubic if b is not None), None)
+    if dense is not None and bicubic is not None:
+        lines.append(f'dense model: {dense:.2f} dB, {dense - bicubic:+.2f} dB over bicubic ({bicubic:.2f} dB)')
+    return lines
+
+
+def machine():
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as handle:
+            names = [line.split(':', 1)[1].strip() for line in handle if line.startswith('model name')]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'
+    return (f'{cpu}, {os.cpu_count()} cores, {device}; Python {platform.python_version()}, torch {torch.__version__}, '
+            f'{torch.get_num_threads()} torch threads')
+
+
+def figures(out, results, methods, ratios):
+    """The report figures per ratio, one curve per method (first seed), dense included as the reference."""
+    from issp_basicsr.report import make_report
+    written = {}
+    for ratio in ratios:
+        experiments, labels = [], []
+        for method in methods:
+            group = results.get((method, None if method == 'dense' else ratio), [])
+            if group:
+                experiments.append(group[0].path)
+                labels.append(method)
+        if experiments:
+            folder = os.path.join(out, f'report_r{ratio:g}')
+            _, paths, _, _ = make_report(experiments, folder, labels, title=f'Methods at ratio {ratio:g}',
+                                         quiet=True)
+            written[ratio] = paths
+    return written
+
+
+# ------------------------------------------------------------------------------------------------ main
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--methods', nargs='+', default=DEFAULT_METHODS)
+    parser.add_argument('--ratios', nargs='+', type=float, default=DEFAULT_RATIOS)
+    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
+    parser.add_argument('--iters', type=int, help='total_iter of every run (prune_iter and milestones scale along)')
+    parser.add_argument('--batch', type=int, help='training batch size of every run')
+    parser.add_argument('--base', help=f'base option file (default {os.path.relpath(SAMPLE_BASE, ROOT)}; '
+                                       f'with --full {os.path.relpath(FULL_BASE, ROOT)})')
+    parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                        help='override a base option for every run, e.g. network_g:embed_dim=24 (repeatable)')
+    parser.add_argument('--out', default=os.path.join('results', 'compare_methods'), help='output folder')
+    parser.add_argument('--full', action='store_true',
+                        help="the paper's settings (options/issp_swinir_x4.yml: DIV2K, SwinIR-light, 300k "
+                             'iterations, Set5): for a GPU')
+    parser.add_argument('--dry-run', action='store_true', help='write the option files and print the commands only')
+    parser.add_argument('--rerun', action='store_true', help='train runs again even when they finished before')
+    parser.add_argument('--estimate', type=int, nargs='?', const=200, metavar='ITERS',
+                        help='train one short ISS-P probe (default 200 iterations), print s/iteration and the '
+                             'projected time of the grid, and stop')
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    import issp_basicsr  # noqa: F401  (BasicSR fixes and registrations)
+
+    base_file = args.base or (FULL_BASE if args.full else SAMPLE_BASE)
+    if not os.path.isfile(base_file):
+        hint = '' if args.full or args.base else ' (build the sample set and its options: basicsr datasets sample)'
+        raise SystemExit(f'compare_methods: {base_file} does not exist{hint}')
+    base = load_yaml(base_file)
+    common = common_options(base, args.iters, args.batch, args.set, base_dir=os.getcwd(), keep_freqs=args.full)
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+
+    if args.estimate:
+        return estimate(common, args, out)
+
+    runs = plan_runs(common, args.methods, args.ratios, args.seeds)
+    option_files = [write_options(opt, os.path.join(out, 'options')) for *_, opt in runs]
+    print(f'{len(runs)} runs of {common["train"]["total_iter"]:,} iterations each; options in {out}/options')
+    if args.dry_run:
+        for path in option_files:
+            print(f'(cd {shlex.quote(out)} && {shlex.join(train_command(path))})')
+        return 0
+
+    from tqdm import tqdm
+    started = time.time()
+    bar = tqdm(list(zip(runs, option_files)), desc='runs', unit='run')
+    for (name, *_), path in bar:
+        bar.set_postfix_str(name)
+        if not args.rerun and finished(out, name):
+            continue
+        run_training(path, out, name)
+    wall = time.time() - started
+
+    results = collect(out, runs)
+    table, dataset = comparison_table(results, args.methods, args.ratios)
+    from issp_basicsr.report import summary_table
+    per_run = summary_table([e for group in results.values() for e in group])
+    written = figures(out, results, args.methods, args.ratios)
+    lines = verdict(results, args.methods, args.ratios, dataset) if dataset else []
+    command = 'python benchmarks/compare_methods.py ' + shlex.join(argv if argv is not None else sys.argv[1:])
+    report = [
+        '# Pruning methods on equal budgets', '',
+        f'Command: `{command.strip()}`  ', f'Machine: {machine()}  ',
+        f'Base options: `{os.path.relpath(base_file, ROOT)}`, {common["train"]["total_iter"]:,} iterations, '
+        f'prune_iter {common["train"]["sparsity"].get("prune_iter")}, batch '
+        f'{common["datasets"]["train"].get("batch_size_per_gpu")}, seeds {", ".join(map(str, args.seeds))}; '
+        f'evaluated on {dataset} (PSNR/SSIM on Y, crop border {common["scale"]}); wall time of this invocation '
+        f'{wall / 60:.1f} min.', '',
+        table, '', *[f'- {line}' for line in lines], '', '## Every run', '', per_run, '', '## Figures', '',
+    ]
+    for ratio, paths in written.items():
+        report += [f'Ratio {ratio:g}: ' + ', '.join(f'[{os.path.basename(p)}]({os.path.relpath(p, out)})'
+                                                   for p in paths)]
+    with open(os.path.join(out, 'results.md'), 'w') as handle:
+        handle.write('\n'.join(report) + '\n')
+    print(table)
+    print()
+    print('\n'.join(lines))
+    print(f'\nwrote {os.path.join(out, "results.md")}')
+    return 0
+
+
+def estimate(common, args, out):
+    """Train one short probe with the grid's settings and project the grid's wall time from its s/iteration."""
+    from issp_basicsr.report import load_experiment
+    probe = copy.deepcopy(common)
+    total = common['train']['total_iter']
+    probe['train']['total_iter'] = args.estimate
+    block = sparsity_block('issp', args.ratios[0], common['train']['sparsity'])
+    block['prune_iter'] = min(block.get('prune_iter', 1), args.estimate)
+    probe['train']['sparsity'] = block
+    probe['name'] = 'cmp_probe'
+    probe['logger']['print_freq'] = max(1, args.estimate // 10)
+    probe['logger']['save_checkpoint_freq'] = args.estimate
+    if probe.get('val') is not None:
+        probe['val']['val_freq'] = args.estimate
+    path = write_options(probe, os.path.join(out, 'options'))
+    started = time.time()
+    run_training(path, out, 'cmp_probe')
+    wall = time.time() - started
+    experiment = load_experiment(os.path.join(out, 'experiments', 'cmp_probe'), read_weights=False)
+    _, per_iter = experiment.curve('time/iter')
+    per_iter = statistics.median(per_iter[1:] or per_iter) if per_iter else wall / args.estimate
+    count = len(plan_runs(common, args.methods, args.ratios, args.seeds))
+    overhead = max(0.0, wall - per_iter * args.estimate)
+    grid = count * (per_iter * total + overhead)
+    print(f'probe: {args.estimate} iterations in {wall:.1f} s, {per_iter * 1000:.1f} ms/iteration '
+          f'(start-up and validation {overhead:.1f} s)')
+    print(f'grid: {count} runs x {total:,} iterations ~ {grid / 60:.1f} min on this machine')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
