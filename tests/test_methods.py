@@ -418,3 +418,82 @@ def test_penalty_schedule():
     assert [config.penalty_at(i) for i in (1, 19, 20, 39, 40)] == [0, 0, 1e-4, 1e-4, 2e-4]
     assert config.penalty_at(100000) == pytest.approx(0.5) and config.penalty_at(10**7) == 0.5
     assert math.isclose(SparsityConfig().penalty_at(100000), 0.5)  # defaults reach reg_max at the paper's K_p
+
+
+# ------------------------------------------------------------------------------------ in ISSPSRModel (BasicSR)
+def build_model(tmp_path, block, pretrain=None, seed=0):
+    from basicsr.models import build_model as basicsr_build_model
+    from conftest import tiny_options
+    opt = tiny_options(tmp_path)
+    opt['train']['sparsity'] = block
+    opt['manual_seed'] = seed
+    opt['network_g']['drop_path_rate'] = 0.0  # deterministic forward passes
+    opt['path']['pretrain_network_g'] = pretrain
+    opt.update(dist=False, rank=0, world_size=1, is_train=True, auto_resume=False)
+    opt['path'].update(models=str(tmp_path), training_states=str(tmp_path), visualization=str(tmp_path))
+    return basicsr_build_model(opt)
+
+
+def dense_checkpoint(tmp_path):
+    """A 'trained dense' checkpoint: the tiny SwinIR's weights, scaled so they differ from any fresh init."""
+    model = build_model(tmp_path, dict(method='dense', prune_iter=1))
+    params = {k: v * 1.5 for k, v in model.get_bare_model(model.net_g).state_dict().items()}
+    path = tmp_path / 'dense.pth'
+    torch.save({'params': params}, path)
+    return path, params
+
+
+BATCH = {'lq': torch.rand(1, 3, 8, 8), 'gt': torch.rand(1, 3, 32, 32)}
+
+
+def test_model_l1_masks_the_dense_checkpoint(tmp_path):
+    path, params = dense_checkpoint(tmp_path)
+    model = build_model(tmp_path, dict(method='l1', ratio=0.9, prune_iter=5), pretrain=str(path))
+    net = model.get_bare_model(model.net_g)
+    for name in model.sparsifier.layer_names:
+        weight = params[f'{name}.weight']
+        mask = smallest(weight, pruned_count(0.9, weight.numel()))
+        assert torch.equal(net.get_submodule(name).weight.detach() == 0, mask)
+        assert torch.equal(net.get_submodule(name).weight.detach()[~mask], weight[~mask])
+        assert torch.equal(model.net_g_ema.get_submodule(name).weight.detach() == 0, mask)
+
+
+def test_model_scratch_reinitialises_and_masks_the_same_on_every_rank(tmp_path):
+    path, params = dense_checkpoint(tmp_path)
+    block = dict(method='scratch', ratio=0.9, prune_iter=5)
+    models = []
+    for rank_seed in (3, 4):  # BasicSR seeds the global RNG with manual_seed + rank
+        torch.manual_seed(rank_seed)
+        models.append(build_model(tmp_path, block, pretrain=str(path), seed=7))
+    first, second = (m.get_bare_model(m.net_g).state_dict() for m in models)
+    assert models[0].sparsifier.config.seed == 7
+    for key, value in first.items():
+        assert torch.equal(value, second[key]), key
+    name = models[0].sparsifier.layer_names[0]
+    assert not torch.equal(first[f'{name}.weight'], params[f'{name}.weight'])  # not the checkpoint
+    for name, mask in models[0].sparsifier.masks().items():
+        assert int(mask.sum()) == pruned_count(0.9, mask.numel())
+        assert torch.equal(first[f'{name}.weight'] == 0, mask)
+        ema = models[0].net_g_ema.get_submodule(name).weight.detach()
+        assert torch.equal(ema, first[f'{name}.weight'])  # the EMA starts from the re-initialised, masked net
+
+
+def test_model_issr_adds_the_penalty_gradient_before_the_optimizer_step(tmp_path):
+    block = dict(method='issr', ratio=0.5, prune_iter=10, reg_step=0.25, reg_interval=2, reg_max=1.0)
+    model = build_model(tmp_path, block)
+    for group in model.optimizer_g.param_groups:
+        group['lr'] = 0.0
+    net = model.get_bare_model(model.net_g)
+    for it in (1, 2, 3, 4):
+        masks = {name: mask.clone() for name, mask in model.sparsifier.masks().items()}
+        model.feed_data(BATCH)
+        model.optimize_parameters(it)
+        with_penalty = {name: net.get_submodule(name).weight.grad.clone() for name in masks}
+        model.optimizer_g.zero_grad()
+        model.cri_pix(model.net_g(model.lq), model.gt).backward()
+        penalty = 0.25 * (it // 2)
+        assert model.sparsifier.penalty == penalty
+        for name, mask in masks.items():
+            weight = net.get_submodule(name).weight.detach()
+            expected = net.get_submodule(name).weight.grad + penalty * weight * mask
+            assert torch.allclose(with_penalty[name], expected, rtol=1e-5, atol=1e-7), (it, name)
