@@ -5,7 +5,11 @@
 2. ``basicsr.train.load_resume_state`` maps the state to ``torch.cuda.current_device()``, so resume fails without
    a GPU: :func:`load_resume_state` maps it to the device the run uses and loads with ``weights_only=True``.
 3. ``init_dist`` defaults to NCCL and calls ``torch.cuda.set_device``: :func:`init_dist` picks gloo when there is
-   no GPU, and binds each process to its ``LOCAL_RANK`` GPU when there is one.
+   no GPU (also when ``dist_params: backend: nccl`` asks for NCCL), and binds each process to its ``LOCAL_RANK``
+   GPU when there is one.
+4. ``BaseModel.model_to_device`` wraps the network in DistributedDataParallel with
+   ``device_ids=[torch.cuda.current_device()]``, which fails without a GPU: :func:`model_to_device` passes
+   ``device_ids=None`` for a CPU model, so ``--launcher pytorch`` trains on CPUs with gloo.
 
 This module imports nothing else of issp_basicsr: everything else sits above it.
 """
@@ -39,7 +43,8 @@ def init_dist(launcher, backend=None, **kwargs):
     import torch.multiprocessing as mp
     if mp.get_start_method(allow_none=True) is None:
         mp.set_start_method('spawn')
-    backend = backend or default_backend()
+    if backend is None or (backend == 'nccl' and not torch.cuda.is_available()):
+        backend = default_backend()  # option files say nccl; without a GPU only gloo can run
     if launcher == 'pytorch':
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', os.environ['RANK'])) % torch.cuda.device_count())
@@ -96,16 +101,31 @@ def load_resume_state(opt):
     return resume_state
 
 
+def model_to_device(self, net):
+    """``BaseModel.model_to_device`` that also works on a CPU: DDP takes ``device_ids=None`` for a CPU module."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+    net = net.to(self.device)
+    if self.opt['dist']:
+        device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
+        net = DistributedDataParallel(net, device_ids=device_ids,
+                                      find_unused_parameters=self.opt.get('find_unused_parameters', False))
+    elif self.opt['num_gpu'] > 1:
+        net = DataParallel(net)
+    return net
+
+
 def apply():
     """Install every fix; safe to call more than once."""
     global _applied
     if _applied:
         return
     alias_functional_tensor()
+    import basicsr.models.base_model
     import basicsr.train
     import basicsr.utils.dist_util
     import basicsr.utils.options
     basicsr.utils.dist_util.init_dist = init_dist
     basicsr.utils.options.init_dist = init_dist
     basicsr.train.load_resume_state = load_resume_state
+    basicsr.models.base_model.BaseModel.model_to_device = model_to_device
     _applied = True

@@ -25,6 +25,31 @@ def _check_path(key, path, lmdb):
         for name in ('data.mdb', 'meta_info.txt'):
             if not os.path.isfile(os.path.join(path, name)):
                 raise OptionError(f'{key}: {os.path.join(path, name)} is missing (not an LMDB made by BasicSR)')
+        _check_lmdb_is_whole(key, path)
+
+
+def _check_lmdb_is_whole(key, path):
+    """Open the LMDB read-only, as BasicSR's reader does, and check it is whole: LMDB maps data.mdb into memory,
+    so a file cut short would kill the data loader with a bus error mid-epoch instead of an error message."""
+    import lmdb
+    data = os.path.join(path, 'data.mdb')
+    try:
+        env = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False)
+    except lmdb.Error as error:
+        reason = str(error)[len(path) + 2:] if str(error).startswith(f'{path}: ') else str(error)
+        raise OptionError(f'{key}: {data} is not a readable LMDB ({reason})') from None
+    try:
+        needed = (env.info()['last_pgno'] + 1) * env.stat()['psize']  # both read from the meta pages only
+        size = os.path.getsize(data)
+        if size < needed:
+            raise OptionError(f'{key}: {data} is truncated ({size:,} of {needed:,} bytes)')
+        with open(os.path.join(path, 'meta_info.txt')) as f:
+            listed = sum(1 for line in f if line.strip())
+        entries = env.stat()['entries']
+        if entries != listed:
+            raise OptionError(f'{key}: {data} holds {entries} images but meta_info.txt lists {listed}')
+    finally:
+        env.close()
 
 
 def check_datasets(opt):

@@ -1,7 +1,9 @@
-"""``basicsr train``: BasicSR's training pipeline with the plugin's checks, CPU resume and a final summary.
+"""``basicsr train``: BasicSR's training pipeline with the plugin's checks, exact resume and a final summary.
 
 It follows ``basicsr/train.py`` step by step and reuses its helpers; it differs where BasicSR 1.4.2 cannot serve:
-options are validated before anything is written, resume works without a GPU, and the run ends with a summary
+options are validated before anything is written; ``--auto_resume`` skips training states a crash left damaged,
+works without a GPU and continues exactly where the run stopped (the epoch's remaining batches, the saved RNG
+states; see ``resume.py``); validation does not move the training's RNG; and the run ends with a summary
 (validation metrics beside bicubic, achieved sparsity).
 """
 import datetime
@@ -12,16 +14,19 @@ import sys
 import time
 from os import path as osp
 
+import basicsr.train
 import torch
 from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher
 from basicsr.models import build_model
-from basicsr.train import create_train_val_dataloader, init_tb_loggers
+from basicsr.train import init_tb_loggers
 from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str, make_exp_dirs,
                            mkdir_and_rename)
 from basicsr.utils.options import copy_opt_file, dict2str, parse_options
 
-from .compat import load_resume_state
+from .checkpoint import load_resume_state
+from .models import ISSPSRModel
 from .options import OptionError, validate_options
+from .resume import DataPosition, ResumableSampler, gather_rng_states, preserved_rng, restore_rng
 
 
 def parse(argv, is_train):
@@ -47,6 +52,38 @@ def make_prefetcher(opt, train_loader):
     raise OptionError(f"datasets:train:prefetch_mode must be cpu or cuda, got {prefetch_mode!r}")
 
 
+def create_train_val_dataloader(opt, logger):
+    """BasicSR's loaders, with a train sampler that can start an epoch part-way (for an exact resume)."""
+    basicsr.train.EnlargedSampler = ResumableSampler  # the name create_train_val_dataloader builds its sampler from
+    return basicsr.train.create_train_val_dataloader(opt, logger)
+
+
+def resume_position(opt, resume_state, train_loader, logger):
+    """Where in the data order to start: the saved position on resume, else the beginning."""
+    position = DataPosition(train_loader.batch_size, opt['world_size'])
+    if resume_state:
+        position, warning = DataPosition.resumed(resume_state, train_loader.batch_size, opt['world_size'])
+        if warning:
+            logger.warning(f'Resume is not exact: {warning}.')
+    return position
+
+
+def save_checkpoint(model, epoch, current_iter, position):
+    """``model.save`` plus what an exact resume needs: the data position and every rank's RNG states (all ranks
+    take part; rank 0 writes)."""
+    if isinstance(model, ISSPSRModel):
+        model.save(epoch, current_iter, extra_state={'data': position.state_dict(), 'rng': gather_rng_states()})
+    else:
+        model.save(epoch, current_iter)
+
+
+def validate(opt, model, val_loaders, current_iter, tb_logger):
+    """Validation that leaves the training's RNG where it was, so it cannot change the rest of the run."""
+    with preserved_rng():
+        for val_loader in val_loaders:
+            model.validation(val_loader, current_iter, tb_logger, opt['val']['save_img'])
+
+
 def log_summary(logger, model):
     summary = getattr(model, 'validation_summary', lambda: {})()
     for dataset, metrics in summary.items():
@@ -64,7 +101,7 @@ def train_pipeline(argv):
     validate_options(opt, is_train=True)
     torch.backends.cudnn.benchmark = True
 
-    resume_state = load_resume_state(opt)
+    resume_state, resume_warnings = load_resume_state(opt)
     if resume_state is None:
         make_exp_dirs(opt)
         if opt['logger'].get('use_tb_logger') and 'debug' not in opt['name'] and opt['rank'] == 0:
@@ -75,6 +112,8 @@ def train_pipeline(argv):
     logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
     logger.info(get_env_info())
     logger.info(dict2str(opt))
+    for warning in resume_warnings:
+        logger.warning(warning)
     tb_logger = init_tb_loggers(opt)
 
     train_loader, train_sampler, val_loaders, total_epochs, total_iters = create_train_val_dataloader(opt, logger)
@@ -88,20 +127,26 @@ def train_pipeline(argv):
 
     msg_logger = MessageLogger(opt, current_iter, tb_logger)
     prefetcher = make_prefetcher(opt, train_loader)
+    position = resume_position(opt, resume_state, train_loader, logger)
 
     logger.info(f'Start training from epoch: {start_epoch}, iter: {current_iter}')
     data_timer, iter_timer = AvgTimer(), AvgTimer()
     start_time = time.time()
     epoch = start_epoch
     for epoch in range(start_epoch, total_epochs + 1):
-        train_sampler.set_epoch(epoch)
+        train_sampler.set_epoch(epoch, start=position.begin_epoch(epoch))
         prefetcher.reset()
+        if resume_state and epoch == start_epoch:  # after reset(): making the iterator draws from torch's RNG
+            warning = restore_rng(resume_state, opt['rank'], opt['world_size'])
+            if warning:
+                logger.warning(f'Resume is not exact: {warning}.')
         train_data = prefetcher.next()
         while train_data is not None:
             data_timer.record()
             current_iter += 1
             if current_iter > total_iters:
                 break
+            position.batches += 1
             model.update_learning_rate(current_iter, warmup_iter=opt['train'].get('warmup_iter', -1))
             model.feed_data(train_data)
             model.optimize_parameters(current_iter)
@@ -115,10 +160,9 @@ def train_pipeline(argv):
                 msg_logger(log_vars)
             if current_iter % opt['logger']['save_checkpoint_freq'] == 0:
                 logger.info('Saving models and training states.')
-                model.save(epoch, current_iter)
+                save_checkpoint(model, epoch, current_iter, position)
             if opt.get('val') is not None and current_iter % opt['val']['val_freq'] == 0:
-                for val_loader in val_loaders:
-                    model.validation(val_loader, current_iter, tb_logger, opt['val']['save_img'])
+                validate(opt, model, val_loaders, current_iter, tb_logger)
             data_timer.start()
             iter_timer.start()
             train_data = prefetcher.next()
@@ -130,8 +174,7 @@ def train_pipeline(argv):
     logger.info('Save the latest model.')
     model.save(epoch=-1, current_iter=-1)
     if opt.get('val') is not None:
-        for val_loader in val_loaders:
-            model.validation(val_loader, min(current_iter, total_iters), tb_logger, opt['val']['save_img'])
+        validate(opt, model, val_loaders, min(current_iter, total_iters), tb_logger)
     log_summary(logger, model)
     if tb_logger:
         tb_logger.close()
