@@ -4,9 +4,9 @@ Nothing here imports BasicSR; ``issp_basicsr.models`` adapts it to BasicSR's mod
 """
 from .config import SparsityConfig, SparsityConfigError, pruned_count
 from .layers import prunable_layers
-from .sparsifier import Sparsifier, SparsityStateError, build_sparsifier
+from .sparsifier import Sparsifier, SparsityStateError, build_sparsifier, check_layers
 
 __all__ = [
     'SparsityConfig', 'SparsityConfigError', 'SparsityStateError', 'Sparsifier', 'build_sparsifier',
-    'prunable_layers', 'pruned_count'
+    'prunable_layers', 'pruned_count', 'check_layers'
 ]
