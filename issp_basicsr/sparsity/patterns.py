@@ -108,6 +108,7 @@ class RankedLayers:
                                for s, p in zip(self.shapes, self.permuted)]
         self.grouped_selected = (torch.zeros_like(self.flat_selected) if any(self.permuted) else self.flat_selected)
         self.factors = torch.empty_like(self.values) if any(self.permuted) else self.values
+        self.only_forced = nm is not None and k * nm[1] == self.numel * nm[0]
         if nm is not None:
             groups = total // nm[1]
             self.group_values = torch.empty(groups, nm[0], dtype=torch.int64, device=device)
@@ -142,8 +143,11 @@ class RankedLayers:
             by_group = keys.view(-1, m)
             torch.topk(by_group, n, dim=1, largest=False, sorted=False, out=(self.group_values, self.group_index))
             by_group.scatter_(1, self.group_index, -1)
-        torch.kthvalue(keys.view(self.rows, -1), self.k, dim=1, keepdim=True, out=(self.kth, self.kth_index))
-        torch.le(keys.view(self.rows, -1), self.kth, out=self.grouped_selected.view(self.rows, -1))
+        if self.only_forced:  # ratio == N/M: the forced weights are the whole selection
+            torch.eq(keys, -1, out=self.grouped_selected)
+        else:
+            torch.kthvalue(keys.view(self.rows, -1), self.k, dim=1, keepdim=True, out=(self.kth, self.kth_index))
+            torch.le(keys.view(self.rows, -1), self.kth, out=self.grouped_selected.view(self.rows, -1))
         if self.grouped_selected is not self.flat_selected:
             for target, source, shape, permuted in zip(self.selected, self._grouped_segments(self.grouped_selected),
                                                        self.shapes, self.permuted):
