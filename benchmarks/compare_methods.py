@@ -38,6 +38,9 @@ FULL_BASE = os.path.join(ROOT, 'options', 'issp_swinir_x4.yml')
 # keys of the base file's sparsity block that describe the schedule, shared by every method that takes them
 SCHEDULE_KEYS = ('prune_iter', 'interval', 'exclude', 'hold_lr_during_pruning', 'scope', 'pattern', 'ratios')
 METHOD_DEFAULTS = {'issp': {'alpha': 0.95}}
+# The core's penalty defaults (reg_step 1e-4 every 20 iterations, up to 0.5) reach reg_max at iteration 100k, the
+# paper's prune_iter. On a shorter budget the benchmark keeps that shape: reg_max is reached at prune_iter.
+PENALIZED = ('issr', 'greg')
 PATH_KEYS = ('dataroot_gt', 'dataroot_lq', 'meta_info_file')
 
 
@@ -134,8 +137,20 @@ def sparsity_block(method, ratio, shared_block):
             block[key] = copy.deepcopy(shared_block[key])
         elif key in METHOD_DEFAULTS.get(method, {}):
             block[key] = METHOD_DEFAULTS[method][key]
+    if method in PENALIZED and not any(k in shared_block for k in ('reg_step', 'reg_interval', 'reg_max')):
+        block.update(penalty_schedule(block.get('prune_iter', SparsityConfig.prune_iter)))
     SparsityConfig.from_dict(block)  # fail here, naming the key, rather than in the middle of the grid
     return block
+
+
+def penalty_schedule(prune_iter):
+    """reg_step / reg_interval / reg_max for issr and greg: the core's reg_interval and reg_max, with reg_step
+    chosen so that the penalty reaches reg_max at prune_iter, as the defaults do at the paper's 100k."""
+    from issp_basicsr.sparsity import SparsityConfig
+    defaults = SparsityConfig()
+    interval = min(defaults.reg_interval, max(1, prune_iter // 10))
+    steps = max(1, prune_iter // interval)
+    return {'reg_step': defaults.reg_max / steps, 'reg_interval': interval, 'reg_max': defaults.reg_max}
 
 
 def run_name(prefix, method, ratio, seed):

@@ -163,7 +163,8 @@ def test_report_of_experiments_without_validation_skips_that_figure(tiny_run, tm
 
 def test_report_errors_are_one_line(tmp_path, capsys):
     assert cli.main(['report', str(tmp_path / 'missing'), '-o', str(tmp_path / 'out')]) == 2
-    assert capsys.readouterr().err.strip() == f'basicsr report: error: {tmp_path / "missing"}: no such experiment folder'
+    expected = f'basicsr report: error: {tmp_path / "missing"}: no such experiment folder'
+    assert capsys.readouterr().err.strip() == expected
     (tmp_path / 'empty').mkdir()
     assert cli.main(['report', str(tmp_path / 'empty'), '-o', str(tmp_path / 'out')]) == 2
     assert 'no training log (train_*.log), TensorBoard events or checkpoint found' in capsys.readouterr().err

@@ -83,14 +83,15 @@ def validation_figure(experiments, dataset, out, labels) -> Tuple[Optional[str],
     return save(figure, os.path.join(out, f'validation_{dataset}.png')), notes
 
 
-def series_figure(experiments, tag, out, file, title, ylabel, labels, logy=False, pruning_only=False):
+def series_figure(experiments, tag, out, file, title, ylabel, labels, logy=False, pruning_only=False,
+                  note_missing=True):
     """One scalar over iterations, one curve per experiment (``pruning_only``: iterations up to prune_iter)."""
     palette = colors(len(experiments))
     figure, (axis,) = new_figure()
     drawn = _plot_series(axis, experiments, tag, labels, palette, pruning_only=pruning_only)
     if not drawn:
         return None, [f'{file}: no experiment logged {tag}; skipped']
-    notes = [f'{file}: {name} logged no {tag}; left out' for name in _missing(experiments, tag)]
+    notes = [f'{file}: {name} logged no {tag}; left out' for name in _missing(experiments, tag)] if note_missing else []
     axis.set_xlabel('iteration')
     axis.set_ylabel(ylabel)
     axis.set_title(title)
@@ -169,6 +170,10 @@ def all_figures(experiments: List[Experiment], out: str, labels: dict, progress=
         lambda: series_figure(experiments, 'losses/l_pix', out, 'loss.png', 'training loss (l_pix)', 'L1 loss',
                               labels, logy=True),
     ]
+    if any(e.series.get('sparsity/penalty') for e in experiments):  # only issr / greg log it
+        jobs.append(lambda: series_figure(experiments, 'sparsity/penalty', out, 'penalty.png',
+                                          'L2 penalty on the unimportant set (issr, greg)', 'coefficient', labels,
+                                          pruning_only=True, note_missing=False))
     paths, notes = [], []
     for job in (progress(jobs, desc='figures', unit='fig') if progress else jobs):
         path, job_notes = job()
