@@ -37,6 +37,8 @@ def mask_checksum(masks):
         positions = torch.arange(bits.numel(), dtype=torch.int64, device=bits.device)
         weights = positions.mul_(_MULTIPLIER).remainder_(_MODULUS).add_(1)
         rows.append(torch.stack([bits.sum(dtype=torch.int64), weights.mul_(bits).sum()]))
+    if not rows:  # method dense: no masks
+        return torch.zeros(0, 2, dtype=torch.int64)
     return torch.stack(rows).cpu()
 
 
