@@ -35,6 +35,14 @@ def atomic_save(obj, path):
     _fsync_folder(folder)
 
 
+def remove_partial_files(folder):
+    """Delete the temporary files that saves killed mid-write left in ``folder``; returns their names."""
+    partial = sorted(name for name in os.listdir(folder) if name.startswith('.') and name.endswith('.tmp'))
+    for name in partial:
+        os.unlink(os.path.join(folder, name))
+    return partial
+
+
 def _fsync_folder(folder):
     """Make the rename itself durable (POSIX); a no-op where folders cannot be opened (Windows)."""
     try:

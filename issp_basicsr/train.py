@@ -23,7 +23,7 @@ from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logge
                            mkdir_and_rename)
 from basicsr.utils.options import copy_opt_file, dict2str, parse_options
 
-from .checkpoint import load_resume_state
+from .checkpoint import load_resume_state, remove_partial_files
 from .models import ISSPSRModel
 from .options import OptionError, validate_options
 from .resume import DataPosition, ResumableSampler, gather_rng_states, preserved_rng, restore_rng
@@ -114,6 +114,10 @@ def train_pipeline(argv):
     logger.info(dict2str(opt))
     for warning in resume_warnings:
         logger.warning(warning)
+    if resume_state and opt['rank'] == 0:
+        for folder in (opt['path']['models'], opt['path']['training_states']):
+            for name in remove_partial_files(folder):
+                logger.warning(f'Removed {osp.join(folder, name)}, left by a save that was interrupted.')
     tb_logger = init_tb_loggers(opt)
 
     train_loader, train_sampler, val_loaders, total_epochs, total_iters = create_train_val_dataloader(opt, logger)
