@@ -137,7 +137,7 @@ def load_resume_state(opt):
     checkpoints load, skipping (with a warning) newer ones a crash or a full disk left damaged. A ``path:
     resume_state`` named in the options must load, else one OptionError line names it.
     """
-    warnings = []
+    warnings, damaged = [], []
     state = path = None
     if opt['auto_resume']:
         state_dir = opt['path']['training_states']
@@ -152,6 +152,7 @@ def load_resume_state(opt):
                 for network in resume_network_paths(opt, state['iter']):
                     read_checkpoint(network, 'network checkpoint', mmap=True)
             except OptionError as error:
+                damaged.append(str(error))
                 warnings.append(f'Skipping {error}; trying an older training state.')
                 state = None
                 continue
@@ -159,7 +160,7 @@ def load_resume_state(opt):
             break
         if iters and state is None:
             raise OptionError(f'{state_dir}: none of the {len(iters)} training states can be resumed from '
-                              f'({warnings[0]})')
+                              f'(the newest: {damaged[0]})')
     elif opt['path'].get('resume_state'):
         path = opt['path']['resume_state']
         state = read_training_state(path)

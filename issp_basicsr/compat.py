@@ -3,7 +3,8 @@
 1. ``basicsr.data.degradations`` imports ``torchvision.transforms.functional_tensor``, removed in torchvision 0.17:
    the module is aliased to its private successor before BasicSR is imported.
 2. ``basicsr.train.load_resume_state`` maps the state to ``torch.cuda.current_device()``, so resume fails without
-   a GPU: :func:`load_resume_state` maps it to the device the run uses and loads with ``weights_only=True``.
+   a GPU: :func:`load_resume_state` maps it to the device the run uses and loads with ``weights_only=True``
+   (for BasicSR's own pipeline; ``basicsr train`` uses the crash-aware ``checkpoint.load_resume_state``).
 3. ``init_dist`` defaults to NCCL and calls ``torch.cuda.set_device``: :func:`init_dist` picks gloo when there is
    no GPU (also when ``dist_params: backend: nccl`` asks for NCCL), and binds each process to its ``LOCAL_RANK``
    GPU when there is one.

@@ -168,6 +168,18 @@ def test_auto_resume_with_every_state_damaged_is_one_line(crashed, capsys):
     assert 'training_states: none of the 3 training states can be resumed from' in err and '6.state' in err
 
 
+def test_a_state_without_data_position_and_rng_resumes_as_basicsr_does(crashed):
+    """A state written before exact resume existed: the run continues, restarting the epoch, and says so."""
+    state_path = files(crashed, 6)[1]
+    state = torch.load(state_path, weights_only=True)
+    del state['data'], state['rng']
+    torch.save(state, state_path)
+    with basicsr_log() as log:
+        assert train_cli(crashed, '--auto_resume') == 0
+    assert any(m.startswith('Resume is not exact: the training state has no data position') for m in log)
+    assert any(m.startswith('Resume is not exact: the training state has no RNG states') for m in log)
+
+
 def test_partial_files_of_an_interrupted_save_are_removed_on_resume(crashed):
     network, state = files(crashed, 6)
     os.remove(state)
