@@ -497,3 +497,25 @@ def test_model_issr_adds_the_penalty_gradient_before_the_optimizer_step(tmp_path
             weight = net.get_submodule(name).weight.detach()
             expected = net.get_submodule(name).weight.grad + penalty * weight * mask
             assert torch.allclose(with_penalty[name], expected, rtol=1e-5, atol=1e-7), (it, name)
+
+
+
+@pytest.mark.parametrize('block', [dict(method='dense', prune_iter=5),
+                                   dict(method='greg', ratio=0.8, prune_iter=5, reg_step=0.1, reg_interval=1),
+                                   dict(method='scratch', ratio=0.8, prune_iter=5, scope='global')])
+def test_basicsr_train_runs_the_method_and_saves_a_checkpoint(tiny_pairs, tmp_path, block):
+    from conftest import tiny_options, write_options
+    opt = tiny_options(tiny_pairs, name=f'tiny_{block["method"]}')
+    opt['train']['sparsity'] = block
+    opt['train']['total_iter'] = 10
+    result = subprocess.run([sys.executable, '-m', 'issp_basicsr.cli', 'train', '-opt',
+                             write_options(tmp_path / 'train.yml', opt)], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    params = torch.load(tmp_path / 'experiments' / opt['name'] / 'models' / 'net_g_10.pth', weights_only=True)
+    layers = {k: v for k, v in params['params_ema'].items() if k.endswith('.weight') and v.dim() in (2, 4)}
+    zeros = sum(int((v == 0).sum()) for v in layers.values())
+    total = sum(v.numel() for v in layers.values())
+    expected = 0 if block['method'] == 'dense' else pruned_count(0.8, total)
+    if block['method'] == 'greg':
+        expected = sum(pruned_count(0.8, v.numel()) for v in layers.values())
+    assert zeros == expected
