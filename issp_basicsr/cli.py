@@ -10,6 +10,8 @@ COMMANDS = {
     'test': ('issp_basicsr.test', 'evaluate a model: basicsr test -opt FILE'),
     'datasets': ('issp_basicsr.data.prepare', 'build the sample set or prepare DIV2K / benchmark sets'),
     'report': ('issp_basicsr.report', 'figures and a summary table from experiments: basicsr report EXP... -o DIR'),
+    'export': ('issp_basicsr.deploy.export', 'compress a checkpoint (sparse), restore it (--dense), or write ONNX'),
+    'report-efficiency': ('issp_basicsr.deploy.efficiency', 'params, MACs, sizes, dense vs sparse latency: -opt FILE'),
 }
 
 
@@ -23,8 +25,10 @@ def usage():
 def user_errors():
     """Errors that mean bad input: reported as one line, without a traceback."""
     from .options import OptionError
+    from .deploy.compressed import CompressedFormatError
     from .sparsity import SparsityConfigError, SparsityStateError
-    return (OptionError, SparsityConfigError, SparsityStateError, FileNotFoundError, yaml.YAMLError)
+    return (OptionError, SparsityConfigError, SparsityStateError, CompressedFormatError, FileNotFoundError,
+            yaml.YAMLError)
 
 
 def main(argv=None):

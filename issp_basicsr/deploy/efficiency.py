@@ -1,0 +1,226 @@
+"""``basicsr report-efficiency``: what pruning buys, measured. Per layer and in total: dense and non-zero parameters,
+dense MACs and the MACs the non-zeros need at the given input size, checkpoint sizes (plain and compressed), and the
+latency of dense and sparse execution on this machine. Printed as a table and written as JSON.
+
+Counting rules (exact, checked by the tests):
+
+* Conv2d: dense MACs = N * Ho * Wo * Cout * Cin/groups * kh * kw; sparse MACs = N * Ho * Wo * non-zero weights.
+* Linear: dense MACs = tokens * in * out (tokens = input numel / in); sparse MACs = tokens * non-zero weights.
+* Bias additions are not MACs. Matrix products without weights (SwinIR's attention, q @ k and attn @ v) are counted
+  once by ``torch.utils.flop_counter`` and reported as "other" MACs: pruning does not reduce them.
+* Parameters: every parameter of the model (biases, norms, tables included) in the totals; non-zero = bit pattern
+  not zero.
+
+The report itself needs only PyTorch; :func:`main` builds the network from a BasicSR option file.
+"""
+import argparse
+import json
+import os
+import platform
+import time
+
+import torch
+from torch import nn
+
+from .compressed import compress_checkpoint, serialized_size
+from .sparse_modules import DEFAULT_MAX_DENSITY, convert_to_sparse, plan_sparse_layers
+
+
+def _nonzero(tensor):
+    return int(torch.count_nonzero(tensor.detach()))
+
+
+@torch.no_grad()
+def count_layers(model, example_input):
+    """``(rows, other_macs)``: one dict per Conv2d/Linear (in module order) and the MACs of weight-free products."""
+    shapes = {}
+    hooks = []
+    layers = [(name, module) for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
+    for name, module in layers:
+        hooks.append(module.register_forward_hook(
+            lambda mod, args, out, name=name: shapes.setdefault(name, []).append((args[0].shape, out.shape))))
+    from torch.utils.flop_counter import FlopCounterMode
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(example_input)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    rows, layer_macs = [], 0
+    for name, module in layers:
+        if name not in shapes:
+            continue
+        weight = module.weight
+        nnz = _nonzero(weight)
+        # output positions over every call: each needs weight.numel() MACs dense (Cout * Cin/groups * kh * kw for
+        # a convolution, out * in for a Linear), nnz MACs sparse
+        if isinstance(module, nn.Conv2d):
+            positions = sum(out_shape[0] * out_shape[2] * out_shape[3] for _, out_shape in shapes[name])
+        else:
+            positions = sum(in_shape.numel() // module.in_features for in_shape, _ in shapes[name])
+        out_shape = shapes[name][0][1]
+        dense_macs = positions * weight.numel()
+        sparse_macs = positions * nnz
+        layer_macs += dense_macs
+        params = weight.numel() + (module.bias.numel() if module.bias is not None else 0)
+        nonzero = nnz + (_nonzero(module.bias) if module.bias is not None else 0)
+        rows.append({
+            'name': name, 'type': type(module).__name__, 'weight_shape': list(weight.shape),
+            'output_shape': list(out_shape), 'calls': len(shapes[name]), 'params': params, 'nonzero_params': nonzero,
+            'weight_density': nnz / weight.numel(), 'dense_macs': dense_macs, 'sparse_macs': sparse_macs
+        })
+    total_macs = counter.get_total_flops() // 2
+    return rows, max(total_macs - layer_macs, 0)
+
+
+@torch.no_grad()
+def best_latencies(models, example_input, repeats):
+    """Best-of-``repeats`` seconds per model, the models run in turn so that they share the machine's load."""
+    best = [float('inf')] * len(models)
+    for model in models:
+        model(example_input)  # warm-up (allocations, MKL handles)
+    for _ in range(repeats):
+        for i, model in enumerate(models):
+            start = time.perf_counter()
+            model(example_input)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
+@torch.no_grad()
+def efficiency_report(model, example_input, checkpoint=None, repeats=3, plan='density',
+                      max_density=DEFAULT_MAX_DENSITY, latency=True):
+    """The report as a dict (see the module docstring). Sizes are those of ``checkpoint`` (a plain one, by default
+    ``{'params': model.state_dict()}``) and of its compressed form.
+
+    ``plan``: 'density' (sparse where density <= max_density) or 'timed' (per-layer timing on this input).
+    """
+    model = model.eval()
+    rows, other_macs = count_layers(model, example_input)
+    parameters = dict(model.named_parameters())
+    total_params = sum(p.numel() for p in parameters.values())
+    total_nonzero = sum(_nonzero(p) for p in parameters.values())
+    report = {
+        'network': type(model).__name__,
+        'input_shape': list(example_input.shape),
+        'machine': {'cpu': platform.processor() or platform.machine(), 'threads': torch.get_num_threads(),
+                    'torch': torch.__version__, 'device': str(example_input.device)},
+        'layers': rows,
+        'total': {
+            'params': total_params, 'nonzero_params': total_nonzero,
+            'layer_dense_macs': sum(r['dense_macs'] for r in rows),
+            'layer_sparse_macs': sum(r['sparse_macs'] for r in rows),
+            'other_macs': other_macs,
+        },
+    }
+    total = report['total']
+    total['dense_macs'] = total['layer_dense_macs'] + other_macs
+    total['sparse_macs'] = total['layer_sparse_macs'] + other_macs
+    state = {'params': model.state_dict()} if checkpoint is None else checkpoint
+    compressed = compress_checkpoint(state)
+    report['sizes'] = {'dense_bytes': serialized_size(state), 'compressed_bytes': serialized_size(compressed),
+                       'keys': list(state.keys())}
+    for row in rows:
+        entry = compressed['checkpoint']['params'].get(row['name'] + '.weight')
+        row['sparse_stored'] = isinstance(entry, dict) and entry.get('kind') == 'sparse'
+    if latency:
+        decisions = plan_sparse_layers(model, example_input if plan == 'timed' else None, max_density)
+        sparse_model = convert_to_sparse(model, plan=decisions)
+        for row in rows:
+            row['sparse_execution'] = bool(decisions.get(row['name'], {}).get('sparse', False))
+        check = float((sparse_model(example_input) - model(example_input)).abs().max())
+        dense_s, sparse_s = best_latencies([model, sparse_model], example_input, repeats)
+        report['latency'] = {
+            'dense_ms': dense_s * 1e3, 'sparse_ms': sparse_s * 1e3, 'speedup': dense_s / sparse_s,
+            'repeats': repeats, 'plan': plan, 'max_density': max_density,
+            'sparse_layers': sum(row['sparse_execution'] for row in rows), 'max_abs_difference': check
+        }
+    return report
+
+
+def _human(n):
+    for unit, size in (('G', 1e9), ('M', 1e6), ('K', 1e3)):
+        if abs(n) >= size:
+            return f'{n / size:.2f}{unit}'
+    return str(n)
+
+
+def format_table(report):
+    """The report as a fixed-width text table (one row per layer, then totals, sizes and latency)."""
+    header = f'{"layer":<40} {"type":<7} {"params":>9} {"nonzero":>9} {"density":>8} {"dense MACs":>11} ' \
+             f'{"sparse MACs":>11} {"sparse exec":>11}'
+    lines = [f'{report["network"]}, input {"x".join(map(str, report["input_shape"]))}', header, '-' * len(header)]
+    for row in report['layers']:
+        mode = {True: 'yes', False: 'no'}.get(row.get('sparse_execution'), '-')
+        lines.append(f'{row["name"][:40]:<40} {row["type"]:<7} {_human(row["params"]):>9} '
+                     f'{_human(row["nonzero_params"]):>9} {row["weight_density"]:>8.4f} {_human(row["dense_macs"]):>11} '
+                     f'{_human(row["sparse_macs"]):>11} {mode:>11}')
+    total = report['total']
+    lines.append('-' * len(header))
+    lines.append(f'{"Conv2d/Linear layers":<48} {"":>9} {"":>9} {"":>8} {_human(total["layer_dense_macs"]):>11} '
+                 f'{_human(total["layer_sparse_macs"]):>11}')
+    lines.append(f'{"other products (attention)":<48} {"":>9} {"":>9} {"":>8} {_human(total["other_macs"]):>11} '
+                 f'{_human(total["other_macs"]):>11}')
+    lines.append(f'{"total (all parameters)":<40} {"":<7} {_human(total["params"]):>9} '
+                 f'{_human(total["nonzero_params"]):>9} {total["nonzero_params"] / max(total["params"], 1):>8.4f} '
+                 f'{_human(total["dense_macs"]):>11} {_human(total["sparse_macs"]):>11}')
+    sizes = report['sizes']
+    lines.append(f'checkpoint ({"+".join(sizes["keys"])}): plain {sizes["dense_bytes"] / 1e6:.3f} MB, compressed '
+                 f'{sizes["compressed_bytes"] / 1e6:.3f} MB ({sizes["compressed_bytes"] / sizes["dense_bytes"]:.3f}x)')
+    if 'latency' in report:
+        lat = report['latency']
+        lines.append(f'latency ({report["machine"]["threads"]} threads, best of {lat["repeats"]}): dense '
+                     f'{lat["dense_ms"]:.1f} ms, sparse {lat["sparse_ms"]:.1f} ms, speed-up {lat["speedup"]:.2f}x '
+                     f'({lat["sparse_layers"]} sparse layers, plan {lat["plan"]}, '
+                     f'max |sparse - dense| {lat["max_abs_difference"]:.1e})')
+    return '\n'.join(lines)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog='basicsr report-efficiency', description=__doc__.split('\n\n')[0])
+    parser.add_argument('-opt', required=True, help='BasicSR option file (network_g, path:pretrain_network_g)')
+    parser.add_argument('-i', '--input', help='checkpoint (plain or compressed); default path:pretrain_network_g')
+    parser.add_argument('--param-key', help='params or params_ema; default path:param_key_g, else params')
+    parser.add_argument('--input-size', type=int, nargs=2, default=(64, 64), metavar=('H', 'W'),
+                        help='LR input size (default 64 64; rounded up to the window size of SwinIR)')
+    parser.add_argument('--json', help='where to write the JSON (default <name>_efficiency.json)')
+    parser.add_argument('--repeats', type=int, default=3, help='timed runs per model (best is reported)')
+    parser.add_argument('--plan', choices=('density', 'timed'), default='density',
+                        help='which layers run sparse: by density threshold, or by timing each layer')
+    parser.add_argument('--max-density', type=float, default=DEFAULT_MAX_DENSITY,
+                        help=f'density threshold of --plan density (default {DEFAULT_MAX_DENSITY})')
+    parser.add_argument('--threads', type=int, help='torch.set_num_threads for the timings')
+    parser.add_argument('--no-latency', action='store_true', help='counts and sizes only')
+    return parser.parse_args(argv)
+
+
+def main(argv):
+    from ..options import OptionError
+    from .compressed import load_checkpoint, state_dict_from
+    from .network_options import build_network, checkpoint_path, example_input, param_key, read_options
+    args = parse_args(argv)
+    if args.repeats < 1:
+        raise OptionError(f'--repeats must be >= 1, got {args.repeats}')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    opt = read_options(args.opt)
+    net = build_network(opt, args.opt)
+    path = checkpoint_path(opt, args.input, args.opt)
+    checkpoint = load_checkpoint(path)
+    key = param_key(opt, args.param_key)
+    state_dict = state_dict_from(checkpoint, key, path)
+    try:
+        net.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise OptionError(f'{path} does not fit network_g of {args.opt}: {str(error).splitlines()[0]}') from None
+    x = example_input(net, *args.input_size)
+    # sizes of the evaluated weights alone, as BasicSR saves one network: {'params': state dict}
+    report = efficiency_report(net, x, checkpoint={'params': state_dict}, repeats=args.repeats, plan=args.plan,
+                               max_density=args.max_density, latency=not args.no_latency)
+    report.update(options=os.path.abspath(args.opt), checkpoint=os.path.abspath(path), param_key=key)
+    print(format_table(report))
+    out = args.json or f'{opt.get("name", "model")}_efficiency.json'
+    with open(out, 'w') as f:
+        json.dump(report, f, indent=2)
+    print(f'JSON written to {out}')
+    return 0
