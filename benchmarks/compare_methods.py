@@ -193,18 +193,40 @@ def train_command(option_file):
     return [sys.executable, '-m', 'issp_basicsr.cli', 'train', '-opt', option_file]
 
 
-def run_training(option_file, out, name):
-    """One ``basicsr train`` in ``out``; its console output goes to ``out/console/<name>.txt``."""
+def run_training(option_file, out, name, threads=None):
+    """One ``basicsr train`` in ``out``; its console output goes to ``out/console/<name>.txt``.
+    Returns None, or a one-line reason when it failed."""
     os.makedirs(os.path.join(out, 'console'), exist_ok=True)
     console = os.path.join(out, 'console', f'{name}.txt')
-    start = time.time()
+    env = dict(os.environ)
+    if threads and 'OMP_NUM_THREADS' not in os.environ:
+        env['OMP_NUM_THREADS'] = str(threads)
     with open(console, 'w') as handle:
-        code = subprocess.call(train_command(option_file), cwd=out, stdout=handle, stderr=subprocess.STDOUT)
-    if code != 0:
-        with open(console, errors='replace') as handle:
-            tail = handle.read().strip().splitlines()[-1:] or ['']
-        raise SystemExit(f'compare_methods: {name} failed (exit {code}): {tail[0]} (see {console})')
-    return time.time() - start
+        code = subprocess.call(train_command(option_file), cwd=out, stdout=handle, stderr=subprocess.STDOUT,
+                               env=env)
+    if code == 0:
+        return None
+    with open(console, errors='replace') as handle:
+        tail = handle.read().strip().splitlines()[-1:] or ['']
+    return f'{name} failed (exit {code}): {tail[0]} (see {console})'
+
+
+def run_all(todo, out, jobs):
+    """Train ``[(name, option file)]``, ``jobs`` at a time; a failed run is reported and the others go on."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from tqdm import tqdm
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    failures = []
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, tqdm(total=len(todo), desc='runs', unit='run') as bar:
+        futures = [pool.submit(run_training, path, out, name, threads) for name, path in todo]
+        for future in as_completed(futures):
+            failure = future.result()
+            if failure:
+                failures.append(failure)
+                bar.write(f'compare_methods: {failure}')
+            bar.update()
+    return failures, threads
 
 
 # -------------------------------------------------------------------------------------------- results
@@ -228,7 +250,7 @@ def collect(out, runs):
     results = {}
     for name, method, ratio, seed, _ in runs:
         path = os.path.join(out, 'experiments', name)
-        if os.path.isdir(path):
+        if finished(out, name):
             results.setdefault((method, ratio), []).append(load_experiment(path))
     return results
 
@@ -309,8 +331,7 @@ def machine():
     except OSError:
         pass
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'
-    return (f'{cpu}, {os.cpu_count()} cores, {device}; Python {platform.python_version()}, torch {torch.__version__}, '
-            f'{torch.get_num_threads()} torch threads')
+    return f'{cpu}, {os.cpu_count()} cores, {device}; Python {platform.python_version()}, torch {torch.__version__}'
 
 
 def figures(out, results, methods, ratios):
@@ -349,6 +370,9 @@ def build_parser():
                         help="the paper's settings (options/issp_swinir_x4.yml: DIV2K, SwinIR-light, 300k "
                              'iterations, Set5): for a GPU')
     parser.add_argument('--dry-run', action='store_true', help='write the option files and print the commands only')
+    parser.add_argument('--jobs', type=int, default=1,
+                        help='trainings at a time (each gets cores/jobs threads unless OMP_NUM_THREADS is set); '
+                             'for small models two 1-thread runs use 2 cores better than one 2-thread run')
     parser.add_argument('--rerun', action='store_true', help='train runs again even when they finished before')
     parser.add_argument('--estimate', type=int, nargs='?', const=200, metavar='ITERS',
                         help='train one short ISS-P probe (default 200 iterations), print s/iteration and the '
@@ -380,14 +404,10 @@ def main(argv=None):
             print(f'(cd {shlex.quote(out)} && {shlex.join(train_command(path))})')
         return 0
 
-    from tqdm import tqdm
     started = time.time()
-    bar = tqdm(list(zip(runs, option_files)), desc='runs', unit='run')
-    for (name, *_), path in bar:
-        bar.set_postfix_str(name)
-        if not args.rerun and finished(out, name):
-            continue
-        run_training(path, out, name)
+    todo = [(name, path) for (name, *_), path in zip(runs, option_files) if args.rerun or not finished(out, name)]
+    print(f'{len(runs) - len(todo)} finished before, {len(todo)} to train')
+    failures, threads = run_all(todo, out, args.jobs)
     wall = time.time() - started
 
     results = collect(out, runs)
@@ -399,7 +419,9 @@ def main(argv=None):
     command = 'python benchmarks/compare_methods.py ' + shlex.join(argv if argv is not None else sys.argv[1:])
     report = [
         '# Pruning methods on equal budgets', '',
-        f'Command: `{command.strip()}`  ', f'Machine: {machine()}  ',
+        f'Command: `{command.strip()}`  ',
+        f'Machine: {machine()}; {args.jobs} training(s) at a time, OMP_NUM_THREADS '
+        f'{os.environ.get("OMP_NUM_THREADS", threads)} each  ',
         f'Base options: `{os.path.relpath(base_file, ROOT)}`, {common["train"]["total_iter"]:,} iterations, '
         f'prune_iter {common["train"]["sparsity"].get("prune_iter")}, batch '
         f'{common["datasets"]["train"].get("batch_size_per_gpu")}, seeds {", ".join(map(str, args.seeds))}; '
@@ -410,13 +432,15 @@ def main(argv=None):
     for ratio, paths in written.items():
         report += [f'Ratio {ratio:g}: ' + ', '.join(f'[{os.path.basename(p)}]({os.path.relpath(p, out)})'
                                                    for p in paths)]
+    if failures:
+        report += ['', '## Failed runs', ''] + [f'- {failure}' for failure in failures]
     with open(os.path.join(out, 'results.md'), 'w') as handle:
         handle.write('\n'.join(report) + '\n')
     print(table)
     print()
-    print('\n'.join(lines))
+    print('\n'.join(lines + [f'FAILED: {failure}' for failure in failures]))
     print(f'\nwrote {os.path.join(out, "results.md")}')
-    return 0
+    return 1 if failures else 0
 
 
 def estimate(common, args, out):
@@ -435,17 +459,21 @@ def estimate(common, args, out):
         probe['val']['val_freq'] = args.estimate
     path = write_options(probe, os.path.join(out, 'options'))
     started = time.time()
-    run_training(path, out, 'cmp_probe')
+    failure = run_training(path, out, 'cmp_probe', threads=max(1, (os.cpu_count() or 1) // max(1, args.jobs)))
+    if failure:
+        raise SystemExit(f'compare_methods: {failure}')
     wall = time.time() - started
     experiment = load_experiment(os.path.join(out, 'experiments', 'cmp_probe'), read_weights=False)
-    _, per_iter = experiment.curve('time/iter')
-    per_iter = statistics.median(per_iter[1:] or per_iter) if per_iter else wall / args.estimate
+    _, per_iter = experiment.curve('time/iter')  # BasicSR's running mean over the last (up to 200) iterations
+    per_iter = per_iter[-1] if per_iter else wall / args.estimate
     count = len(plan_runs(common, args.methods, args.ratios, args.seeds))
-    overhead = max(0.0, wall - per_iter * args.estimate)
-    grid = count * (per_iter * total + overhead)
+    overhead = max(0.0, wall - per_iter * args.estimate)  # start-up, bicubic, two validations, saving
+    validations = common['train']['total_iter'] // common['val']['val_freq'] if common.get('val') else 0
+    grid = count * (per_iter * total + overhead * (1 + validations / 2) / 2) / max(1, args.jobs)
     print(f'probe: {args.estimate} iterations in {wall:.1f} s, {per_iter * 1000:.1f} ms/iteration '
-          f'(start-up and validation {overhead:.1f} s)')
-    print(f'grid: {count} runs x {total:,} iterations ~ {grid / 60:.1f} min on this machine')
+          f'(start-up, bicubic, 2 validations and saving {overhead:.1f} s)')
+    print(f'grid: {count} runs x {total:,} iterations, {args.jobs} at a time ~ {grid / 60:.0f} min on this machine '
+          f'(if the runs at a time do not slow each other down)')
     return 0
 
 
