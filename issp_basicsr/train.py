@@ -8,7 +8,6 @@ states; see ``resume.py``); validation does not move the training's RNG; and the
 """
 import datetime
 import logging
-import math
 import os
 import sys
 import time
@@ -58,6 +57,16 @@ def create_train_val_dataloader(opt, logger):
     return basicsr.train.create_train_val_dataloader(opt, logger)
 
 
+def report_resume(opt, resume_state, warnings, logger):
+    """Log what choosing the state to resume from skipped, and remove files left by saves a kill interrupted."""
+    for warning in warnings:
+        logger.warning(warning)
+    if resume_state and opt['rank'] == 0:
+        for folder in (opt['path']['models'], opt['path']['training_states']):
+            for name in remove_partial_files(folder):
+                logger.warning(f'Removed {osp.join(folder, name)}, left by a save that was interrupted.')
+
+
 def resume_position(opt, resume_state, train_loader, logger):
     """Where in the data order to start: the saved position on resume, else the beginning."""
     position = DataPosition(train_loader.batch_size, opt['world_size'])
@@ -66,6 +75,14 @@ def resume_position(opt, resume_state, train_loader, logger):
         if warning:
             logger.warning(f'Resume is not exact: {warning}.')
     return position
+
+
+def resume_generators(opt, resume_state, logger):
+    """Set this rank's RNGs to the saved ones. Call it after the epoch's DataLoader iterator exists: making the
+    iterator draws a seed from torch's generator, which the saved state already reflects."""
+    warning = restore_rng(resume_state, opt['rank'], opt['world_size'])
+    if warning:
+        logger.warning(f'Resume is not exact: {warning}.')
 
 
 def save_checkpoint(model, epoch, current_iter, position):
@@ -112,12 +129,7 @@ def train_pipeline(argv):
     logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
     logger.info(get_env_info())
     logger.info(dict2str(opt))
-    for warning in resume_warnings:
-        logger.warning(warning)
-    if resume_state and opt['rank'] == 0:
-        for folder in (opt['path']['models'], opt['path']['training_states']):
-            for name in remove_partial_files(folder):
-                logger.warning(f'Removed {osp.join(folder, name)}, left by a save that was interrupted.')
+    report_resume(opt, resume_state, resume_warnings, logger)
     tb_logger = init_tb_loggers(opt)
 
     train_loader, train_sampler, val_loaders, total_epochs, total_iters = create_train_val_dataloader(opt, logger)
@@ -140,10 +152,8 @@ def train_pipeline(argv):
     for epoch in range(start_epoch, total_epochs + 1):
         train_sampler.set_epoch(epoch, start=position.begin_epoch(epoch))
         prefetcher.reset()
-        if resume_state and epoch == start_epoch:  # after reset(): making the iterator draws from torch's RNG
-            warning = restore_rng(resume_state, opt['rank'], opt['world_size'])
-            if warning:
-                logger.warning(f'Resume is not exact: {warning}.')
+        if resume_state and epoch == start_epoch:
+            resume_generators(opt, resume_state, logger)
         train_data = prefetcher.next()
         while train_data is not None:
             data_timer.record()
