@@ -107,6 +107,9 @@ def bench(key, args, device):
     modules = [module for _, module in prunable_layers(model, [])]
     weights = [module.weight for module in modules]
     sparsifier = build_sparsifier(model, method='issp', ratio=RATIO, alpha=ALPHA, prune_iter=10**9)
+    if args.exact:
+        for group in sparsifier.groups:  # as on CUDA: rank every layer exactly at every step
+            group.incremental = False
     print(f'{title}: {len(modules)} prunable layers, {sum(w.numel() for w in weights):,} weights, '
           f'{len(sparsifier.groups)} same-size groups; between steps: one Adam step (lr {lr:g}) on a random '
           f'batch of 1, LR {move_patch}x{move_patch}')
@@ -183,13 +186,15 @@ def main(argv=None):
     parser.add_argument('--train-iters', type=int, default=None, help='timed training iterations, after an '
                         'untimed one (median; default: SwinIR-light 2, EDSR-L 1)')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--exact', action='store_true', help='no threshold check: rank every layer exactly at '
+                        'every step (the sync-free path CUDA tensors take)')
     parser.add_argument('--verbose', action='store_true', help='print every iteration')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, '
-          f'ratio {RATIO}, alpha {ALPHA}')
+          f'ratio {RATIO}, alpha {ALPHA}' + (', exact ranking at every step' if args.exact else ''))
     keys = ['swinir', 'edsr'] if args.model == 'both' else [args.model]
     for key in keys:
         bench(key, args, device)
