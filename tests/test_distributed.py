@@ -15,7 +15,10 @@ from issp_basicsr.distributed import check_masks_agree, mask_checksum, mean_acro
 from issp_basicsr.sparsity import SparsityStateError, build_sparsifier, pruned_count
 
 NAME = 'ddp'
-BASICSR = shutil.which('basicsr') or 'basicsr'
+# the console script the package installs beside this interpreter (what `$(which basicsr)` finds in its venv)
+BASICSR = os.path.join(os.path.dirname(sys.executable), 'basicsr')
+if not os.path.exists(BASICSR):
+    BASICSR = shutil.which('basicsr') or 'basicsr'
 
 
 def free_port():
