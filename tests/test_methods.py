@@ -519,3 +519,77 @@ def test_basicsr_train_runs_the_method_and_saves_a_checkpoint(tiny_pairs, tmp_pa
     if block['method'] == 'greg':
         expected = sum(pruned_count(0.8, v.numel()) for v in layers.values())
     assert zeros == expected
+
+# ------------------------------------------------------------------------------------------------ option files
+def load_generator():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('generate_method_options', ROOT / 'options' / 'methods' / 'generate.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def without(opt, *keys):
+    """The option dict without ``name``, ``train:sparsity`` and other dotted keys."""
+    opt = copy.deepcopy(opt)
+    for key in ('name', 'train:sparsity') + keys:
+        node, parts = opt, key.split(':')
+        for part in parts[:-1]:
+            node = node[part]
+        node.pop(parts[-1])
+    return opt
+
+
+def load_option(path):
+    with open(ROOT / path) as handle:
+        return yaml.safe_load(handle)
+
+
+def test_method_option_files_are_generated_and_up_to_date():
+    generator = load_generator()
+    for path, text in generator.outputs().items():
+        assert (ROOT / path).read_text() == text, f'{path} is stale: run python options/methods/generate.py'
+    assert generator.main(['--check']) == 0
+
+
+@pytest.mark.parametrize('backbone', ['swinir_light_x4', 'edsr_l_x4'])
+def test_method_option_files_differ_only_in_the_sparsity_block(backbone):
+    generator = load_generator()
+    base = yaml.safe_load(generator.base_source(backbone)[0])  # the base file, or its stand-in while missing
+    shared = without(base)
+    names, stages = set(), set()
+    for method in generator.METHODS:
+        opt = load_option(f'options/methods/{backbone}_{method}.yml')
+        assert without(opt) == shared, method
+        block = opt['train']['sparsity']
+        config = SparsityConfig.from_dict(block, opt['train']['total_iter'])
+        assert config.method == method and (method == 'dense' or config.ratio == 0.95)
+        stages.add((config.prune_iter, config.hold_lr_during_pruning))
+        names.add(opt['name'])
+    assert len(stages) == 1 and len(names) == len(generator.METHODS)
+
+
+def test_swinir_method_option_files_pass_the_option_checks():
+    from issp_basicsr.options import check_model, check_sparsity
+    for method in load_generator().METHODS:
+        opt = load_option(f'options/methods/swinir_light_x4_{method}.yml')
+        check_model(opt)
+        assert check_sparsity(opt).method == method
+
+
+def test_rcan_option_file_is_the_edsr_l_one_with_basicsr_rcan():
+    from basicsr.archs.rcan_arch import RCAN
+    from issp_basicsr.sparsity import check_layers
+    generator = load_generator()
+    opt = load_option('options/methods/rcan_x4_issp.yml')
+    base = yaml.safe_load(generator.base_source(generator.RCAN_BASE)[0])
+    assert without(opt, 'network_g') == without(base, 'network_g') and opt['network_g']['type'] == 'RCAN'
+    config = SparsityConfig.from_dict(opt['train']['sparsity'], opt['train']['total_iter'])
+    assert config.method == 'issp' and config.ratio == 0.95
+    network = {k: v for k, v in opt['network_g'].items() if k != 'type'}
+    network.update(num_group=1, num_block=2)  # the same layer names, small
+    model = RCAN(**network)
+    check_layers(model, config)
+    sparsifier = build_sparsifier(model, **opt['train']['sparsity'])
+    sparsifier.step(config.prune_iter)
+    assert sparsifier.sparsity() == pytest.approx(sparsifier.num_pruned() / sparsifier.num_weights())
