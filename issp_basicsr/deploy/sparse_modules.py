@@ -33,16 +33,21 @@ SPARSE_DTYPES = (torch.float32, torch.float64)
 _workspace = threading.local()
 
 
-def _quiet_csr(dense_2d):
-    """A CSR copy of ``dense_2d`` with int32 indices (MKL's; int64 ones are converted on every product), without
-    PyTorch's 'CSR support is in beta' warning."""
+def _csr_parts(dense_2d):
+    """``(crow, col, values)`` of ``dense_2d`` in CSR form, with int32 indices: MKL's, so the products do not
+    convert int64 indices on every call. Kept as plain tensors (buffers), so modules copy, move and save as usual."""
+    index_dtype = torch.int32 if dense_2d.numel() < 2**31 else torch.int64
+    rows, cols = dense_2d.nonzero(as_tuple=True)
+    crow = torch.zeros(dense_2d.shape[0] + 1, dtype=torch.int64, device=dense_2d.device)
+    crow[1:] = torch.bincount(rows, minlength=dense_2d.shape[0]).cumsum(0)
+    return crow.to(index_dtype), cols.to(index_dtype), dense_2d[rows, cols].contiguous()
+
+
+def _csr(crow, col, values, shape):
+    """A CSR tensor over existing index/value tensors (no copy), without PyTorch's 'beta' warning."""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', UserWarning)
-        csr = dense_2d.to_sparse_csr()
-        if csr.values().numel() < 2**31:
-            csr = torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
-                                          csr.values(), csr.shape)
-        return csr
+        return torch.sparse_csr_tensor(crow, col, values, shape)
 
 
 def _padded_buffer(key, shape, dtype, device):
@@ -103,17 +108,33 @@ class SparseConv2d(nn.Module):
         self.padding = tuple(padding)  # top, bottom, left, right
         self.weight_shape = tuple(weight.shape)
         self.nnz = int(torch.count_nonzero(weight))
-        # offset (i, j) -> (Cout x Cin) CSR slice; offsets whose slice is all zero are skipped
-        self.offsets = []
-        self.slices = []
+        # kernel offset (i, j) -> (Cout x Cin) CSR slice; offsets whose slice is all zero are skipped. The slices'
+        # row pointers are rows of `crow`; their columns and values are runs of `col` / `values`.
+        self.offsets, self.runs = [], []
+        crows, cols, values = [], [], []
+        start = 0
         for i in range(kh):
             for j in range(kw):
-                part = weight[:, :, i, j]
-                if torch.count_nonzero(part):
+                crow, col, vals = _csr_parts(weight[:, :, i, j].detach())
+                if vals.numel():
                     self.offsets.append((i, j))
-                    self.slices.append(_quiet_csr(part.detach().contiguous()))
+                    self.runs.append((start, start + vals.numel()))
+                    start += vals.numel()
+                    crows.append(crow)
+                    cols.append(col)
+                    values.append(vals)
+        device = weight.device
+        self.register_buffer('crow', torch.stack(crows) if crows else torch.zeros(0, self.out_channels + 1,
+                                                                                   dtype=torch.int32, device=device))
+        self.register_buffer('col', torch.cat(cols) if cols else torch.zeros(0, dtype=torch.int32, device=device))
+        self.register_buffer('values', torch.cat(values) if values else weight.new_zeros(0))
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self.dtype = weight.dtype
+
+    def slices(self):
+        """``[(offset, CSR slice)]``, views of the buffers."""
+        shape = (self.out_channels, self.in_channels)
+        return [(offset, _csr(self.crow[k], self.col[a:b], self.values[a:b], shape))
+                for k, (offset, (a, b)) in enumerate(zip(self.offsets, self.runs))]
 
     @classmethod
     def from_dense(cls, conv: nn.Conv2d):
@@ -122,10 +143,8 @@ class SparseConv2d(nn.Module):
         return cls(conv.weight, conv.bias, conv.stride, _conv_padding(conv), conv.dilation)
 
     def dense_weight(self):
-        kh, kw = self.kernel_size
-        weight = torch.zeros(self.weight_shape, dtype=self.dtype, device=self.slices[0].device if self.slices else
-                             'cpu')
-        for (i, j), part in zip(self.offsets, self.slices):
+        weight = self.values.new_zeros(self.weight_shape)
+        for (i, j), part in self.slices():
             weight[:, :, i, j] = part.to_dense()
         return weight
 
@@ -173,7 +192,7 @@ class SparseConv2d(nn.Module):
         flat = padded.view(c, rows * wp)
         columns = n * hp * wp
         out = self._init_output(columns, x)
-        for (i, j), part in zip(self.offsets, self.slices):
+        for (i, j), part in self.slices():
             start = i * dh * wp + j * dw
             out.addmm_(part, flat[:, start:start + columns])
         return out.view(self.out_channels, n, hp, wp)[:, :, :ho, :wo].transpose(0, 1)
@@ -184,7 +203,7 @@ class SparseConv2d(nn.Module):
         sh, sw = self.stride
         padded = F.pad(x, (left, right, top, bottom)).transpose(0, 1)
         out = self._init_output(n * ho * wo, x)
-        for (i, j), part in zip(self.offsets, self.slices):
+        for (i, j), part in self.slices():
             window = padded[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
             out.addmm_(part, window.reshape(c, n * ho * wo))
         return out.view(self.out_channels, n, ho, wo).transpose(0, 1)
@@ -201,9 +220,14 @@ class SparseLinear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.nnz = int(torch.count_nonzero(weight))
-        self.weight_csr = _quiet_csr(weight.detach().contiguous())
+        crow, col, values = _csr_parts(weight.detach())
+        self.register_buffer('crow', crow)
+        self.register_buffer('col', col)
+        self.register_buffer('values', values)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self.dtype = weight.dtype
+
+    def weight_csr(self):
+        return _csr(self.crow, self.col, self.values, (self.out_features, self.in_features))
 
     @classmethod
     def from_dense(cls, linear: nn.Linear):
@@ -212,7 +236,7 @@ class SparseLinear(nn.Module):
         return cls(linear.weight, linear.bias)
 
     def dense_weight(self):
-        return self.weight_csr.to_dense()
+        return self.weight_csr().to_dense()
 
     def to_dense(self):
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
@@ -230,9 +254,9 @@ class SparseLinear(nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if self.bias is None:
-            out = torch.mm(self.weight_csr, x2.t())
+            out = torch.mm(self.weight_csr(), x2.t())
         else:
-            out = torch.addmm(self.bias.to(x.dtype).unsqueeze(1), self.weight_csr, x2.t())
+            out = torch.addmm(self.bias.to(x.dtype).unsqueeze(1), self.weight_csr(), x2.t())
         return out.t().reshape(*lead, self.out_features)
 
 
