@@ -7,7 +7,7 @@ import os
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
-from .sparsity import SparsityConfig, SparsityConfigError, prunable_layers
+from .sparsity import SparsityConfig, SparsityConfigError, check_layers
 
 SPARSE_MODELS = ('ISSPSRModel', )
 
@@ -88,7 +88,7 @@ def check_sparsity(opt):
     # ARCH_REGISTRY directly, not build_network: its log call would set up BasicSR's logger before the log file.
     with torch.random.fork_rng(devices=[]):
         net = ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt)
-    prunable_layers(net, config.exclude)
+    check_layers(net, config)
     return config
 
 
