@@ -74,7 +74,7 @@ def test_round_trip_identical_tensors_and_outputs(tmp_path):
     for key, reference in (('params', model), ('params_ema', ema)):
         plain = load_into(SwinIR(**SWINIR_TINY).eval(), path, param_key=key)
         assert torch.equal(plain(x), reference(x))
-        sparse = load_sparse(SwinIR(**SWINIR_TINY), path, param_key=key, max_density=1.0)
+        sparse = load_sparse(SwinIR(**SWINIR_TINY), path, param_key=key, max_density=1.0, min_fan_in=0)
         assert any(isinstance(m, SparseLinear) for m in sparse.modules())
         torch.testing.assert_close(sparse(x), reference(x), atol=1e-4, rtol=0)
 
@@ -232,7 +232,7 @@ def test_sparse_linear_equals_dense(bias, shape):
 def test_grouped_conv_stays_dense():
     conv = sparse_weight(nn.Conv2d(4, 4, 3, groups=2), 0.2, seed=0)
     model = nn.Sequential(conv, nn.Linear(2, 2))
-    plan = plan_sparse_layers(model, max_density=1.0)
+    plan = plan_sparse_layers(model, max_density=1.0, min_fan_in=0)
     assert plan['0']['sparse'] is False and 'unsupported' in plan['0']['reason']
     assert plan['1']['sparse'] is False and plan['1']['reason'] == 'dense weight'
 
@@ -240,7 +240,7 @@ def test_grouped_conv_stays_dense():
 @pytest.mark.parametrize('build,size', [(swinir, (16, 24)), (edsr, (13, 10))])
 def test_sparse_network_equals_dense(build, size):
     model = build(0.9)
-    converted = convert_to_sparse(model, max_density=1.0)
+    converted = convert_to_sparse(model, max_density=1.0, min_fan_in=0)
     kinds = (SparseConv2d, SparseLinear)
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert sum(isinstance(m, kinds) for m in converted.modules()) == len(layers)
@@ -257,8 +257,9 @@ def test_plan_by_density_and_by_timing():
     model = edsr(0.9)
     with torch.no_grad():
         model.conv_first.weight.fill_(0.5)  # dense again
-    plan = plan_sparse_layers(model, max_density=0.2)
-    assert plan['conv_first']['sparse'] is False and plan['conv_last']['sparse'] is True
+    plan = plan_sparse_layers(model, max_density=0.2, min_fan_in=144)
+    assert plan['conv_first']['sparse'] is False and plan['conv_last']['sparse'] is True  # fan-in 16 * 9
+    assert plan_sparse_layers(model, max_density=0.2, min_fan_in=145)['conv_last']['sparse'] is False
     timed = plan_sparse_layers(model, torch.rand(1, 3, 8, 8), repeats=1)
     assert timed['conv_first']['reason'] == 'dense weight'
     assert all(e['reason'] == 'timed' and e['dense_ms'] > 0 for n, e in timed.items() if n != 'conv_first')
@@ -307,7 +308,7 @@ def test_report_counts_exact():
     assert by_name['fc']['dense_macs'] == 16 * 10 and by_name['fc']['sparse_macs'] == 16 * 4
     assert other == 16 * 16 * 2
 
-    report = efficiency_report(model, x, repeats=1, max_density=0.6)
+    report = efficiency_report(model, x, repeats=1, max_density=0.6, min_fan_in=2)
     total = report['total']
     assert total['params'] == 112 + 72 + 15 and total['nonzero_params'] == 75 + 36 + 4
     assert total['dense_macs'] == 64 * 108 + 16 * 72 + 160 + 512
