@@ -34,7 +34,10 @@ if ROOT not in sys.path:
 DEFAULT_METHODS = ['dense', 'iht', 'issr', 'l1', 'scratch', 'issp']
 DEFAULT_RATIOS = [0.9, 0.95, 0.99]
 SAMPLE_BASE = os.path.join(ROOT, 'options', 'demo_issp_swinir_sample_x4.yml')
-FULL_BASE = os.path.join(ROOT, 'options', 'issp_swinir_x4.yml')
+# the paper's SwinIR-light x4 settings; the method family's ISS-P file is the same run
+FULL_BASES = [os.path.join(ROOT, 'options', 'issp_swinir_x4.yml'),
+              os.path.join(ROOT, 'options', 'methods', 'swinir_light_x4_issp.yml')]
+FULL_BASE = next((path for path in FULL_BASES if os.path.isfile(path)), FULL_BASES[0])
 # keys of the base file's sparsity block that describe the schedule, shared by every method that takes them
 SCHEDULE_KEYS = ('prune_iter', 'interval', 'exclude', 'hold_lr_during_pruning', 'scope', 'pattern', 'ratios')
 METHOD_DEFAULTS = {'issp': {'alpha': 0.95}}
@@ -404,6 +407,11 @@ def main(argv=None):
             print(f'(cd {shlex.quote(out)} && {shlex.join(train_command(path))})')
         return 0
 
+    from issp_basicsr.options import OptionError, check_datasets
+    try:
+        check_datasets(common)  # one clear line now rather than the same failure in every run
+    except OptionError as error:
+        raise SystemExit(f'compare_methods: {error}')
     started = time.time()
     todo = [(name, path) for (name, *_), path in zip(runs, option_files) if args.rerun or not finished(out, name)]
     print(f'{len(runs) - len(todo)} finished before, {len(todo)} to train')
