@@ -5,7 +5,7 @@
 
 The weights are made sparse without training by exact per-layer magnitude pruning (IHT at iteration 1, the core's
 own selection), then ``convert_to_sparse`` swaps the pruned layers for CSR ones (by default those of density
-<= --max-density and fan-in >= --min-fan-in). Each row: best-of-``repeats`` latency of the dense and the sparse model, run in turn so that
+<= --max-density). Each row: best-of-``repeats`` latency of the dense and the sparse model, run in turn so that
 both see the same machine load, and the largest |sparse - dense| output difference. Figures on a shared machine
 move with its load: run it more than once and read the best; the load average is printed with each model.
 """
@@ -22,10 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import issp_basicsr  # noqa: E402,F401  (BasicSR fixes before its archs are imported)
 from basicsr.archs.edsr_arch import EDSR  # noqa: E402
 from basicsr.archs.swinir_arch import SwinIR  # noqa: E402
-from issp_basicsr.deploy.compressed import compress_checkpoint, serialized_size  # noqa: E402
+from issp_basicsr.deploy.compressed import compress_checkpoint, serialized_size, unpruned_bytes  # noqa: E402
 from issp_basicsr.deploy.efficiency import best_latencies  # noqa: E402
-from issp_basicsr.deploy.sparse_modules import (DEFAULT_MAX_DENSITY, DEFAULT_MIN_FAN_IN, SparseConv2d,  # noqa
-                                                SparseLinear, convert_to_sparse, plan_sparse_layers)
+from issp_basicsr.deploy.sparse_modules import (DEFAULT_MAX_DENSITY, SparseConv2d, SparseLinear,  # noqa: E402
+                                                convert_to_sparse, plan_sparse_layers)
 from issp_basicsr.sparsity import build_sparsifier  # noqa: E402
 
 MODELS = {
@@ -48,8 +48,9 @@ def parse_args():
     parser.add_argument('--threads', type=int, help='torch.set_num_threads (default: PyTorch default)')
     parser.add_argument('--plan', choices=('density', 'timed'), default='density')
     parser.add_argument('--max-density', type=float, default=DEFAULT_MAX_DENSITY)
-    parser.add_argument('--min-fan-in', type=int, default=DEFAULT_MIN_FAN_IN)
-    parser.add_argument('--sizes', action='store_true', help='also the compressed checkpoint size (slow on EDSR-L)')
+    parser.add_argument('--sizes', action='store_true',
+                        help='also the compressed checkpoint: MB, and its ratio to the bound 1.2 (1 - r) * plain + '
+                        'the tensors stored dense (slow on EDSR-L)')
     return parser.parse_args()
 
 
@@ -63,9 +64,9 @@ def main():
         torch.set_num_threads(args.threads)
     print(f'{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, '
           f'input 1x3x{args.size}x{args.size}, best of {args.repeats}, plan {args.plan}'
-          f'{f" (max density {args.max_density}, min fan-in {args.min_fan_in})" if args.plan == "density" else ""}')
+          f'{f" (max density {args.max_density})" if args.plan == "density" else ""}')
     header = f'{"model":<16} {"ratio":>5} {"dense ms":>9} {"sparse ms":>9} {"speed-up":>8} {"sparse layers":>13} ' \
-             f'{"max |diff|":>10}' + (f' {"size/bound":>10}' if args.sizes else '')
+             f'{"max |diff|":>10}' + (f' {"plain MB":>8} {"sparse MB":>9} {"size/bound":>10}' if args.sizes else '')
     print(header)
     for key in args.models:
         label, build, multiple = MODELS[key]
@@ -75,7 +76,7 @@ def main():
         x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
         for ratio in sorted(args.ratios):
             build_sparsifier(model, method='iht', ratio=ratio, prune_iter=1).step(1)  # nested: prune further
-            plan = plan_sparse_layers(model, x if args.plan == 'timed' else None, args.max_density, args.min_fan_in)
+            plan = plan_sparse_layers(model, x if args.plan == 'timed' else None, args.max_density)
             sparse = convert_to_sparse(model, plan=plan)
             with torch.no_grad():
                 difference = float((sparse(x) - model(x)).abs().max())
@@ -85,8 +86,11 @@ def main():
                    f'{f"{converted}/{len(plan)}":>13} {difference:>10.1e}')
             if args.sizes:
                 state = {'params': model.state_dict()}
-                bound = 1.2 * (1 - ratio) * serialized_size(state)
-                row += f' {serialized_size(compress_checkpoint(state)) / bound:>10.3f}'
+                plain = serialized_size(state)
+                compressed = compress_checkpoint(state)
+                unpruned = unpruned_bytes(compressed)
+                size = serialized_size(compressed)
+                row += f' {plain / 1e6:>8.2f} {size / 1e6:>9.3f} {size / (1.2 * (1 - ratio) * plain + unpruned):>10.3f}'
             print(row, flush=True)
             del sparse
         print(f'  (load average {load()} at {time.strftime("%H:%M:%S")})', flush=True)

@@ -15,7 +15,7 @@ from issp_basicsr.cli import main as cli_main
 from issp_basicsr.deploy import (CompressedFormatError, SparseConv2d, SparseLinear, compress_checkpoint,
                                  convert_to_dense, convert_to_sparse, decompress_checkpoint, load_compressed,
                                  load_into, load_sparse, load_state_dict, plan_sparse_layers, save_compressed)
-from issp_basicsr.deploy.compressed import decode_sparse, encode_sparse, serialized_size
+from issp_basicsr.deploy.compressed import decode_sparse, encode_sparse, serialized_size, unpruned_bytes
 from issp_basicsr.deploy.efficiency import count_layers, efficiency_report
 from issp_basicsr.sparsity import build_sparsifier
 
@@ -66,7 +66,12 @@ def test_round_trip_identical_tensors_and_outputs(tmp_path):
     model, ema = swinir(0.9, seed=0), swinir(0.9, seed=1)
     original = {'params': model.state_dict(), 'params_ema': ema.state_dict()}
     path = tmp_path / 'net.sparse.pth'
-    save_compressed(original, path)
+    compressed = save_compressed(original, path)
+    kinds = {name: entry['kind'] for name, entry in compressed['checkpoint']['params'].items()
+             if isinstance(entry, dict)}
+    assert kinds['layers.0.residual_group.blocks.1.attn_mask'] == 'deflated'  # zeros and -100: deflated dense
+    assert kinds['layers.0.residual_group.blocks.0.attn.relative_position_index'] == 'deflated'
+    assert kinds['layers.0.residual_group.blocks.0.attn.qkv.weight'] == 'sparse'
     assert_same_checkpoint(load_compressed(path), original)
     assert isinstance(load_compressed(path)['params'], OrderedDict)
 
@@ -74,7 +79,7 @@ def test_round_trip_identical_tensors_and_outputs(tmp_path):
     for key, reference in (('params', model), ('params_ema', ema)):
         plain = load_into(SwinIR(**SWINIR_TINY).eval(), path, param_key=key)
         assert torch.equal(plain(x), reference(x))
-        sparse = load_sparse(SwinIR(**SWINIR_TINY), path, param_key=key, max_density=1.0, min_fan_in=0)
+        sparse = load_sparse(SwinIR(**SWINIR_TINY), path, param_key=key, max_density=1.0)
         assert any(isinstance(m, SparseLinear) for m in sparse.modules())
         torch.testing.assert_close(sparse(x), reference(x), atol=1e-4, rtol=0)
 
@@ -113,10 +118,10 @@ def test_size_bound(tmp_path, ratio):
     dense_path, sparse_path = tmp_path / 'net.pth', tmp_path / 'net.sparse.pth'
     torch.save({'params': model.state_dict()}, dense_path)
     compressed = save_compressed(dense_path, sparse_path)
-    unpruned = sum(t.numel() * t.element_size() for t in compressed['checkpoint']['params'].values()
-                   if torch.is_tensor(t))
-    pruned_names = [n for n, e in compressed['checkpoint']['params'].items() if isinstance(e, dict)]
-    assert len(pruned_names) == 2 * 2 + 4  # conv_first, body, conv_after_body, upsample, conv_last
+    kinds = [e['kind'] if isinstance(e, dict) else 'raw' for e in compressed['checkpoint']['params'].values()]
+    assert kinds.count('sparse') == 2 * 2 + 4  # conv_first, body, conv_after_body, upsample, conv_last
+    unpruned = unpruned_bytes(compressed)
+    assert unpruned == sum(t.numel() * 4 for n, t in model.state_dict().items() if not n.endswith('weight'))
     assert os.path.getsize(sparse_path) <= 1.2 * (1 - ratio) * os.path.getsize(dense_path) + unpruned
 
 
@@ -232,7 +237,7 @@ def test_sparse_linear_equals_dense(bias, shape):
 def test_grouped_conv_stays_dense():
     conv = sparse_weight(nn.Conv2d(4, 4, 3, groups=2), 0.2, seed=0)
     model = nn.Sequential(conv, nn.Linear(2, 2))
-    plan = plan_sparse_layers(model, max_density=1.0, min_fan_in=0)
+    plan = plan_sparse_layers(model, max_density=1.0)
     assert plan['0']['sparse'] is False and 'unsupported' in plan['0']['reason']
     assert plan['1']['sparse'] is False and plan['1']['reason'] == 'dense weight'
 
@@ -240,7 +245,7 @@ def test_grouped_conv_stays_dense():
 @pytest.mark.parametrize('build,size', [(swinir, (16, 24)), (edsr, (13, 10))])
 def test_sparse_network_equals_dense(build, size):
     model = build(0.9)
-    converted = convert_to_sparse(model, max_density=1.0, min_fan_in=0)
+    converted = convert_to_sparse(model, max_density=1.0)
     kinds = (SparseConv2d, SparseLinear)
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert sum(isinstance(m, kinds) for m in converted.modules()) == len(layers)
@@ -257,9 +262,9 @@ def test_plan_by_density_and_by_timing():
     model = edsr(0.9)
     with torch.no_grad():
         model.conv_first.weight.fill_(0.5)  # dense again
-    plan = plan_sparse_layers(model, max_density=0.2, min_fan_in=144)
-    assert plan['conv_first']['sparse'] is False and plan['conv_last']['sparse'] is True  # fan-in 16 * 9
-    assert plan_sparse_layers(model, max_density=0.2, min_fan_in=145)['conv_last']['sparse'] is False
+    plan = plan_sparse_layers(model, max_density=0.2)
+    assert plan['conv_first']['sparse'] is False and plan['conv_last']['sparse'] is True
+    assert plan_sparse_layers(model, max_density=0.05)['conv_last']['sparse'] is False  # density 0.1
     timed = plan_sparse_layers(model, torch.rand(1, 3, 8, 8), repeats=1)
     assert timed['conv_first']['reason'] == 'dense weight'
     assert all(e['reason'] == 'timed' and e['dense_ms'] > 0 for n, e in timed.items() if n != 'conv_first')
@@ -308,7 +313,7 @@ def test_report_counts_exact():
     assert by_name['fc']['dense_macs'] == 16 * 10 and by_name['fc']['sparse_macs'] == 16 * 4
     assert other == 16 * 16 * 2
 
-    report = efficiency_report(model, x, repeats=1, max_density=0.6, min_fan_in=2)
+    report = efficiency_report(model, x, repeats=1, max_density=0.6)
     total = report['total']
     assert total['params'] == 112 + 72 + 15 and total['nonzero_params'] == 75 + 36 + 4
     assert total['dense_macs'] == 64 * 108 + 16 * 72 + 160 + 512

@@ -5,9 +5,11 @@ Layout (a dict saved with ``torch.save``, read back with ``torch.load(..., weigh
     {'format': 'issp_basicsr.compressed/1', 'half': bool, 'wrapped': bool,
      'checkpoint': {'params': {name: entry, ...}, 'params_ema': {...}}}
 
-An entry is the tensor itself (dense), ``{'kind': 'half', ...}`` (a dense float tensor stored as float16 by
-``half=True``) or ``{'kind': 'sparse', ...}`` for a pruned Conv2d/Linear weight (a float tensor of 2 or 4
-dimensions named ``*weight`` with zeros). A sparse entry holds one uint8 ``blob``: the index, then the values.
+An entry is ``{'kind': 'sparse', ...}`` for a pruned Conv2d/Linear weight (a float tensor of 2 or 4 dimensions named
+``*weight`` with zeros; one uint8 ``blob``: the index, then the values), and for every other tensor a dense form:
+the tensor itself, ``{'kind': 'half', ...}`` (a float tensor stored as float16 by ``half=True``) or
+``{'kind': 'deflated', ...}`` (its bytes deflated, when that halves them: SwinIR's attention-mask and position-index
+buffers, which are most of a BasicSR SwinIR-light checkpoint).
 
 * The index is a bitmask (one bit per weight) or CSR (non-zeros per output row, then the column gap to the
   previous non-zero of the row), whichever is smaller for that layer once deflated. Gaps are small integers
@@ -31,6 +33,7 @@ import torch
 
 FORMAT = 'issp_basicsr.compressed/1'
 PARAM_KEYS = ('params', 'params_ema')
+DEFLATE_MIN_NUMEL = 1024  # smaller dense tensors are stored as they are
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _FLOAT_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16, 'float32': torch.float32,
                  'float64': torch.float64}
@@ -197,16 +200,48 @@ def decode_sparse(entry):
     return flat.view(shape)
 
 
+def encode_dense(tensor, half=False):
+    """A dense tensor as stored: itself, deflated when that halves it (SwinIR's attention-mask and
+    position-index buffers, mostly repeated values), and rounded to float16 first when ``half``."""
+    tensor = tensor.detach().cpu().contiguous()
+    stored = tensor.half() if half and tensor.is_floating_point() else tensor
+    if stored.numel() >= DEFLATE_MIN_NUMEL:
+        raw = stored.view(-1).view(torch.uint8).numpy()
+        data = _deflate(raw.reshape(-1, stored.element_size()).T)
+        if len(data) * 2 <= raw.size:
+            return {'kind': 'deflated', 'shape': list(stored.shape), 'dtype': _dtype_name(tensor.dtype),
+                    'stored_dtype': _dtype_name(stored.dtype),
+                    'blob': torch.frombuffer(bytearray(data), dtype=torch.uint8)}
+    if stored is not tensor:
+        return {'kind': 'half', 'dtype': _dtype_name(tensor.dtype), 'tensor': stored}
+    return tensor
+
+
+def decode_deflated(entry):
+    dtype, stored_dtype = _torch_dtype(entry['dtype']), _torch_dtype(entry['stored_dtype'])
+    shape = [int(s) for s in entry['shape']]
+    itemsize = torch.empty(0, dtype=stored_dtype).element_size()
+    count = int(np.prod(shape)) if shape else 1
+    planes = _inflate(entry['blob'].numpy().tobytes(), np.uint8, count * itemsize)
+    data = np.ascontiguousarray(planes.reshape(itemsize, count).T).reshape(-1)
+    return torch.from_numpy(data).view(stored_dtype).reshape(shape).to(dtype)
+
+
+def _torch_dtype(name):
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f'unknown dtype {name!r}')
+    return dtype
+
+
 def encode_state_dict(state_dict, half=False):
     encoded = OrderedDict()
     for name, value in state_dict.items():
         entry = None
         if is_pruned_weight(name, value):
             entry = encode_sparse(value, half)
-        if entry is None and half and torch.is_tensor(value) and value.is_floating_point():
-            entry = {'kind': 'half', 'dtype': _dtype_name(value.dtype), 'tensor': value.detach().cpu().half()}
         if entry is None:
-            entry = value.detach().cpu() if torch.is_tensor(value) else value
+            entry = encode_dense(value, half) if torch.is_tensor(value) else value
         encoded[name] = entry
     return encoded
 
@@ -216,6 +251,8 @@ def decode_state_dict(encoded):
     for name, entry in encoded.items():
         if isinstance(entry, dict) and entry.get('kind') == 'sparse':
             decoded[name] = decode_sparse(entry)
+        elif isinstance(entry, dict) and entry.get('kind') == 'deflated':
+            decoded[name] = decode_deflated(entry)
         elif isinstance(entry, dict) and entry.get('kind') == 'half':
             decoded[name] = entry['tensor'].to(_FLOAT_DTYPES[entry['dtype']])
         else:
@@ -342,6 +379,20 @@ def load_sparse(model, path, param_key='params', example_input=None, **convert_o
     from .sparse_modules import convert_to_sparse
     load_into(model, path, param_key)
     return convert_to_sparse(model.eval(), example_input=example_input, inplace=True, **convert_options)
+
+
+def unpruned_bytes(compressed):
+    """Raw bytes of the tensors a compressed checkpoint does not store sparse (the "+ unpruned" of the size bound)."""
+    total = 0
+    for encoded in compressed['checkpoint'].values():
+        for entry in encoded.values():
+            if torch.is_tensor(entry):
+                total += entry.numel() * entry.element_size()
+            elif isinstance(entry, dict) and entry.get('kind') in ('deflated', 'half'):
+                shape = entry['shape'] if entry['kind'] == 'deflated' else entry['tensor'].shape
+                itemsize = torch.empty(0, dtype=_torch_dtype(entry['dtype'])).element_size()
+                total += int(np.prod(shape)) * itemsize
+    return total
 
 
 def serialized_size(obj):

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .compressed import compress_checkpoint, serialized_size
-from .sparse_modules import DEFAULT_MAX_DENSITY, DEFAULT_MIN_FAN_IN, convert_to_sparse, plan_sparse_layers
+from .sparse_modules import DEFAULT_MAX_DENSITY, convert_to_sparse, plan_sparse_layers
 
 
 def _nonzero(tensor):
@@ -89,12 +89,12 @@ def best_latencies(models, example_input, repeats):
 
 @torch.no_grad()
 def efficiency_report(model, example_input, checkpoint=None, repeats=3, plan='density',
-                      max_density=DEFAULT_MAX_DENSITY, min_fan_in=DEFAULT_MIN_FAN_IN, latency=True):
+                      max_density=DEFAULT_MAX_DENSITY, latency=True):
     """The report as a dict (see the module docstring). Sizes are those of ``checkpoint`` (a plain one, by default
     ``{'params': model.state_dict()}``) and of its compressed form.
 
-    ``plan``: 'density' (sparse where density <= max_density and fan-in >= min_fan_in) or 'timed' (per-layer
-    timing on this input); see :func:`~.sparse_modules.plan_sparse_layers`.
+    ``plan``: 'density' (sparse where density <= max_density) or 'timed' (per-layer timing on this input); see
+    :func:`~.sparse_modules.plan_sparse_layers`.
     """
     model = model.eval()
     rows, other_macs = count_layers(model, example_input)
@@ -104,8 +104,9 @@ def efficiency_report(model, example_input, checkpoint=None, repeats=3, plan='de
     report = {
         'network': type(model).__name__,
         'input_shape': list(example_input.shape),
-        'machine': {'cpu': platform.processor() or platform.machine(), 'threads': torch.get_num_threads(),
-                    'torch': torch.__version__, 'device': str(example_input.device)},
+        'machine': {'cpu': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
+                    'threads': torch.get_num_threads(), 'torch': torch.__version__,
+                    'device': str(example_input.device), 'load_average': list(os.getloadavg())},
         'layers': rows,
         'total': {
             'params': total_params, 'nonzero_params': total_nonzero,
@@ -125,7 +126,7 @@ def efficiency_report(model, example_input, checkpoint=None, repeats=3, plan='de
         entry = compressed['checkpoint']['params'].get(row['name'] + '.weight')
         row['sparse_stored'] = isinstance(entry, dict) and entry.get('kind') == 'sparse'
     if latency:
-        decisions = plan_sparse_layers(model, example_input if plan == 'timed' else None, max_density, min_fan_in)
+        decisions = plan_sparse_layers(model, example_input if plan == 'timed' else None, max_density)
         sparse_model = convert_to_sparse(model, plan=decisions)
         for row in rows:
             row['sparse_execution'] = bool(decisions.get(row['name'], {}).get('sparse', False))
@@ -133,7 +134,7 @@ def efficiency_report(model, example_input, checkpoint=None, repeats=3, plan='de
         dense_s, sparse_s = best_latencies([model, sparse_model], example_input, repeats)
         report['latency'] = {
             'dense_ms': dense_s * 1e3, 'sparse_ms': sparse_s * 1e3, 'speedup': dense_s / sparse_s,
-            'repeats': repeats, 'plan': plan, 'max_density': max_density, 'min_fan_in': min_fan_in,
+            'repeats': repeats, 'plan': plan, 'max_density': max_density,
             'sparse_layers': sum(row['sparse_execution'] for row in rows), 'max_abs_difference': check
         }
     return report
@@ -170,7 +171,8 @@ def format_table(report):
                  f'{sizes["compressed_bytes"] / 1e6:.3f} MB ({sizes["compressed_bytes"] / sizes["dense_bytes"]:.3f}x)')
     if 'latency' in report:
         lat = report['latency']
-        lines.append(f'latency ({report["machine"]["threads"]} threads, best of {lat["repeats"]}): dense '
+        lines.append(f'latency ({report["machine"]["threads"]} threads, load {report["machine"]["load_average"][0]:.2f}, '
+                     f'best of {lat["repeats"]}): dense '
                      f'{lat["dense_ms"]:.1f} ms, sparse {lat["sparse_ms"]:.1f} ms, speed-up {lat["speedup"]:.2f}x '
                      f'({lat["sparse_layers"]} sparse layers, plan {lat["plan"]}, '
                      f'max |sparse - dense| {lat["max_abs_difference"]:.1e})')
@@ -190,9 +192,6 @@ def parse_args(argv):
                         help='which layers run sparse: by density threshold, or by timing each layer')
     parser.add_argument('--max-density', type=float, default=DEFAULT_MAX_DENSITY,
                         help=f'density threshold of --plan density (default {DEFAULT_MAX_DENSITY})')
-    parser.add_argument('--min-fan-in', type=int, default=DEFAULT_MIN_FAN_IN,
-                        help=f'smallest fan-in (Cin*kh*kw or in_features) run sparse by --plan density '
-                        f'(default {DEFAULT_MIN_FAN_IN})')
     parser.add_argument('--threads', type=int, help='torch.set_num_threads for the timings')
     parser.add_argument('--no-latency', action='store_true', help='counts and sizes only')
     return parser.parse_args(argv)
@@ -220,8 +219,7 @@ def main(argv):
     x = example_input(net, *args.input_size)
     # sizes of the evaluated weights alone, as BasicSR saves one network: {'params': state dict}
     report = efficiency_report(net, x, checkpoint={'params': state_dict}, repeats=args.repeats, plan=args.plan,
-                               max_density=args.max_density, min_fan_in=args.min_fan_in,
-                               latency=not args.no_latency)
+                               max_density=args.max_density, latency=not args.no_latency)
     report.update(options=os.path.abspath(args.opt), checkpoint=os.path.abspath(path), param_key=key)
     print(format_table(report))
     out = args.json or f'{opt.get("name", "model")}_efficiency.json'
