@@ -28,6 +28,7 @@ setup(
         'tqdm',
         'matplotlib',
     ],
-    extras_require={'test': ['pytest']},
+    # onnx: `basicsr export --onnx` checks the exported graph with onnxruntime when it is installed
+    extras_require={'test': ['pytest'], 'onnx': ['onnx>=1.16', 'onnxruntime>=1.18']},
     entry_points={'console_scripts': ['basicsr=issp_basicsr.cli:main']},
 )
