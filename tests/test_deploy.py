@@ -374,10 +374,14 @@ def test_commands_end_to_end(tmp_path, capsys, monkeypatch):
     assert report['total']['other_macs'] == other > 0
     assert report['sizes']['compressed_bytes'] < report['sizes']['dense_bytes']
 
+    if not _has('onnx'):  # optional extra: without it --onnx says what to install
+        assert cli_main(['export', '--onnx', '-opt', 'test.yml', '-o', 'model.onnx']) == 2
+        assert 'pip install issp-basicsr[onnx]' in capsys.readouterr().err
+        return
     assert cli_main(['export', '--onnx', '-opt', 'test.yml', '-o', 'model.onnx', '--input-size', '16', '16']) == 0
     printed = capsys.readouterr().out
     assert os.path.getsize('model.onnx') > 0
-    if _has('onnxruntime'):  # optional: the export still works without it, unchecked
+    if _has('onnxruntime'):  # optional too: without it the graph is written unchecked
         assert 'onnxruntime max |difference|' in printed
     else:
         assert 'not checked' in printed
@@ -404,3 +408,18 @@ def test_command_errors_are_one_line(tmp_path, capsys, monkeypatch):
         assert cli_main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count('\n') == 1 and message in err, (argv, err)
+
+
+def test_onnx_without_the_optional_packages(tmp_path, capsys, monkeypatch):
+    from issp_basicsr.deploy import onnx_export
+    monkeypatch.chdir(tmp_path)
+    torch.save({'params_ema': swinir(0.9).state_dict()}, 'net.pth')
+    (tmp_path / 'test.yml').write_text(TINY_OPTIONS.format(checkpoint='net.pth'))
+    monkeypatch.setattr(onnx_export, 'onnx_available', lambda: False)
+    assert cli_main(['export', '--onnx', '-opt', 'test.yml', '-o', 'model.onnx']) == 2
+    assert 'needs the onnx package: pip install issp-basicsr[onnx]' in capsys.readouterr().err
+    if _has('onnx'):
+        monkeypatch.setattr(onnx_export, 'onnx_available', lambda: True)
+        monkeypatch.setattr(onnx_export, 'onnxruntime_available', lambda: False)
+        assert cli_main(['export', '--onnx', '-opt', 'test.yml', '-o', 'model.onnx']) == 0
+        assert 'onnxruntime not installed: not checked' in capsys.readouterr().out

@@ -77,7 +77,10 @@ def onnx_command(args):
     except RuntimeError as error:
         raise OptionError(f'{path} does not fit network_g of {args.opt}: {str(error).splitlines()[0]}') from None
     x = example_input(net, *args.input_size)
-    export_onnx(net, args.output, x)
+    try:
+        export_onnx(net, args.output, x)
+    except ImportError as error:
+        raise OptionError(f'--onnx: {error}') from None
     difference = check_onnx(net, args.output, x)
     check = ('onnxruntime not installed: not checked (pip install issp-basicsr[onnx])' if difference is None else
              f'onnxruntime max |difference| {difference:.2e} on a {x.shape[2]}x{x.shape[3]} input')

@@ -3,12 +3,17 @@
 ONNX runtimes execute the pruned weights as ordinary dense initializers (zeros included): the file is as large and
 as fast as the dense model; its use is portability. The graph is traced at one input size: window-based
 architectures (SwinIR) bake their attention masks for that size, so export at the size you will run.
-``onnx``/``onnxruntime`` are optional (``pip install issp-basicsr[onnx]``); nothing here imports BasicSR.
+``onnx`` (needed by the exporter) and ``onnxruntime`` (the check) are optional: ``pip install issp-basicsr[onnx]``.
+Nothing here imports BasicSR.
 """
 import importlib.util
 import warnings
 
 import torch
+
+
+def onnx_available():
+    return importlib.util.find_spec('onnx') is not None
 
 
 def onnxruntime_available():
@@ -18,6 +23,8 @@ def onnxruntime_available():
 @torch.no_grad()
 def export_onnx(model, path, example_input, opset_version=17):
     """Write ``model`` (evaluated on ``example_input``'s size) to ``path`` with the TorchScript-based exporter."""
+    if not onnx_available():
+        raise ImportError('ONNX export needs the onnx package: pip install issp-basicsr[onnx] (or pip install onnx)')
     model = model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # tracer warnings about Python control flow on shapes
