@@ -188,7 +188,7 @@ class SparseConv2d(nn.Module):
         dh, dw = self.dilation
         # images side by side in one (C, n * hp * wp) matrix; one extra zero row keeps every window in bounds
         rows = n * hp + (self.kernel_size[0] - 1) * dh + 1
-        padded = _padded_buffer((top, left, h, w), (c, rows, wp), x.dtype, x.device)
+        padded = _padded_buffer((n, hp, top, left, h, w), (c, rows, wp), x.dtype, x.device)
         padded[:, :n * hp].view(c, n, hp, wp)[:, :, top:top + h, left:left + w].copy_(x.transpose(0, 1))
         flat = padded.view(c, rows * wp)
         columns = n * hp * wp
