@@ -155,8 +155,8 @@ def format_table(report):
     for row in report['layers']:
         mode = {True: 'yes', False: 'no'}.get(row.get('sparse_execution'), '-')
         lines.append(f'{row["name"][:40]:<40} {row["type"]:<7} {_human(row["params"]):>9} '
-                     f'{_human(row["nonzero_params"]):>9} {row["weight_density"]:>8.4f} {_human(row["dense_macs"]):>11} '
-                     f'{_human(row["sparse_macs"]):>11} {mode:>11}')
+                     f'{_human(row["nonzero_params"]):>9} {row["weight_density"]:>8.4f} '
+                     f'{_human(row["dense_macs"]):>11} {_human(row["sparse_macs"]):>11} {mode:>11}')
     total = report['total']
     lines.append('-' * len(header))
     lines.append(f'{"Conv2d/Linear layers":<48} {"":>9} {"":>9} {"":>8} {_human(total["layer_dense_macs"]):>11} '
@@ -170,17 +170,18 @@ def format_table(report):
     lines.append(f'checkpoint ({"+".join(sizes["keys"])}): plain {sizes["dense_bytes"] / 1e6:.3f} MB, compressed '
                  f'{sizes["compressed_bytes"] / 1e6:.3f} MB ({sizes["compressed_bytes"] / sizes["dense_bytes"]:.3f}x)')
     if 'latency' in report:
-        lat = report['latency']
-        lines.append(f'latency ({report["machine"]["threads"]} threads, load {report["machine"]["load_average"][0]:.2f}, '
-                     f'best of {lat["repeats"]}): dense '
-                     f'{lat["dense_ms"]:.1f} ms, sparse {lat["sparse_ms"]:.1f} ms, speed-up {lat["speedup"]:.2f}x '
+        lat, machine = report['latency'], report['machine']
+        lines.append(f'latency ({machine["threads"]} threads, load {machine["load_average"][0]:.2f}, '
+                     f'best of {lat["repeats"]}): dense {lat["dense_ms"]:.1f} ms, sparse {lat["sparse_ms"]:.1f} ms, '
+                     f'speed-up {lat["speedup"]:.2f}x '
                      f'({lat["sparse_layers"]} sparse layers, plan {lat["plan"]}, '
                      f'max |sparse - dense| {lat["max_abs_difference"]:.1e})')
     return '\n'.join(lines)
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog='basicsr report-efficiency', description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(prog='basicsr report-efficiency',
+                                     description=__doc__.split('\n\n')[0].replace('``', ''))
     parser.add_argument('-opt', required=True, help='BasicSR option file (network_g, path:pretrain_network_g)')
     parser.add_argument('-i', '--input', help='checkpoint (plain or compressed); default path:pretrain_network_g')
     parser.add_argument('--param-key', help='params or params_ema; default path:param_key_g, else params')

@@ -16,7 +16,7 @@ from .compressed import decompress_checkpoint, load_checkpoint, read_torch_file,
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog='basicsr export', description=__doc__.split('\n\n')[0],
+    parser = argparse.ArgumentParser(prog='basicsr export', description=__doc__.split('\n\n')[0].replace('``', ''),
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split('\n\n')[1])
     parser.add_argument('-i', '--input', help='checkpoint to read (plain .pth, or compressed with --dense)')
