@@ -15,9 +15,17 @@ from .records import Experiment
 DPI = 100
 
 
+LINESTYLES = ('-', '--', '-.', ':')
+
+
 def colors(count: int):
+    """One line style per experiment: colour, dash pattern and a width that shrinks with the index, so curves
+    that coincide (methods at the same sparsity, say) stay visible under each other."""
     cmap = colormaps['tab10' if count <= 10 else 'tab20']
-    return [cmap(i % cmap.N) for i in range(count)]
+    return [
+        dict(color=cmap(i % cmap.N), linestyle=LINESTYLES[i % len(LINESTYLES)], linewidth=max(1.0, 2.8 - 0.35 * i))
+        for i in range(count)
+    ]
 
 
 def new_figure(panels: int = 1, width: float = 6.4, height: float = 4.2):
@@ -33,17 +41,16 @@ def save(figure, path: str) -> str:
     return path
 
 
-def _plot_series(axis, experiments, tag, labels, palette, pruning_only=False, **style) -> int:
+def _plot_series(axis, experiments, tag, labels, palette, pruning_only=False) -> int:
     drawn = 0
-    for experiment, color in zip(experiments, palette):
+    for experiment, style in zip(experiments, palette):
         x, y = experiment.curve(tag)
         if pruning_only and experiment.prune_iter:
             keep = [i for i, it in enumerate(x) if it <= experiment.prune_iter]
             x, y = [x[i] for i in keep], [y[i] for i in keep]
         if not x:
             continue
-        axis.plot(x, y, color=color, label=labels[experiment.name], marker='o' if len(x) < 30 else None,
-                  markersize=3, **style)
+        axis.plot(x, y, label=labels[experiment.name], marker='o' if len(x) < 30 else None, markersize=3, **style)
         drawn += 1
     return drawn
 
@@ -74,7 +81,7 @@ def validation_figure(experiments, dataset, out, labels) -> Tuple[Optional[str],
         else:
             for name, value in bicubic.items():
                 if value is not None:
-                    axis.axhline(value, color=palette[name], linestyle='--', linewidth=1)
+                    axis.axhline(value, color=palette[name]['color'], linestyle='--', linewidth=1)
         axis.set_xlabel('iteration')
         axis.set_ylabel(metric.upper() if metric in ('psnr', 'ssim') else metric)
         axis.set_title(f'{dataset}: validation {metric}')
@@ -137,8 +144,8 @@ def layer_figure(experiments, out, labels):
     for experiment in with_layers:
         values = [experiment.layer_sparsity.get(name) for name in names]
         x = [i for i, v in enumerate(values) if v is not None]
-        axis.plot(x, [values[i] for i in x], color=palette[experiment.name], label=labels[experiment.name],
-                  marker='o', markersize=3, linewidth=1)
+        axis.plot(x, [values[i] for i in x], label=labels[experiment.name], marker='o', markersize=3,
+                  **palette[experiment.name])
     step = max(1, len(names) // 25)
     axis.set_xticks(range(0, len(names), step))
     axis.set_xticklabels([names[i] for i in range(0, len(names), step)], rotation=90, fontsize=6)
