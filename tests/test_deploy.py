@@ -423,3 +423,17 @@ def test_onnx_without_the_optional_packages(tmp_path, capsys, monkeypatch):
         monkeypatch.setattr(onnx_export, 'onnxruntime_available', lambda: False)
         assert cli_main(['export', '--onnx', '-opt', 'test.yml', '-o', 'model.onnx']) == 0
         assert 'onnxruntime not installed: not checked' in capsys.readouterr().out
+
+
+def test_sparse_conv2d_column_blocks(monkeypatch):
+    """Large inputs are done in column blocks (a cache blocking); the result must not change."""
+    from issp_basicsr.deploy import sparse_modules
+    conv = sparse_weight(nn.Conv2d(8, 6, 3, padding=1), 0.3, seed=4)
+    x = torch.randn(2, 8, 15, 13)
+    with torch.no_grad():
+        reference = SparseConv2d.from_dense(conv)(x)
+        monkeypatch.setattr(sparse_modules, 'UNTILED_MAX_BYTES', 0)
+        monkeypatch.setattr(sparse_modules, 'TILE_BYTES', 8 * 4 * 300)  # 300-column blocks of 510, one partial
+        blocked = SparseConv2d.from_dense(conv)(x)
+        torch.testing.assert_close(blocked, conv(x), atol=1e-4, rtol=0)
+    torch.testing.assert_close(blocked, reference, atol=1e-5, rtol=0)

@@ -30,6 +30,12 @@ from torch import nn
 # 0.05 1.6-3.5x, at 0.01 2-12x (the larger the layer, the larger the gain). 0.1 keeps a margin for noise.
 DEFAULT_MAX_DENSITY = 0.1
 SPARSE_DTYPES = (torch.float32, torch.float64)
+# Column blocking of a convolution's products: when the input matrix exceeds UNTILED_MAX_BYTES (EDSR-L's 128x128
+# upsampling convolution: 17 MB), the output columns are done in blocks whose input slice is about TILE_BYTES, so
+# each block stays in the L2 cache while every output row reads it. Measured (one thread, 256->1024 at 128x128,
+# density 0.1): 1.02 s unblocked, 0.55 s blocked, 0.77 s dense. Smaller inputs gain little and are not blocked.
+TILE_BYTES = 1 << 20
+UNTILED_MAX_BYTES = 8 << 20
 
 _workspace = threading.local()
 
@@ -193,9 +199,16 @@ class SparseConv2d(nn.Module):
         flat = padded.view(c, rows * wp)
         columns = n * hp * wp
         out = self._init_output(columns, x)
-        for (i, j), part in self.slices():
-            start = i * dh * wp + j * dw
-            out.addmm_(part, flat[:, start:start + columns])
+        slices = self.slices()
+        block = columns
+        if c * columns * x.element_size() > UNTILED_MAX_BYTES:
+            block = max(TILE_BYTES // (c * x.element_size()), 256)
+        for first in range(0, columns, block):
+            last = min(first + block, columns)
+            target = out[:, first:last]  # a view: the products write into `out` in place
+            for (i, j), part in slices:
+                start = i * dh * wp + j * dw
+                target.addmm_(part, flat[:, start + first:start + last])
         return out.view(self.out_channels, n, hp, wp)[:, :, :ho, :wo].transpose(0, 1)
 
     def _forward_strided(self, x, n, c, h, w, hp, wp, ho, wo):
