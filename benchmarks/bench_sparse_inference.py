@@ -23,7 +23,7 @@ import issp_basicsr  # noqa: E402,F401  (BasicSR fixes before its archs are impo
 from basicsr.archs.edsr_arch import EDSR  # noqa: E402
 from basicsr.archs.swinir_arch import SwinIR  # noqa: E402
 from issp_basicsr.deploy.compressed import compress_checkpoint, serialized_size, unpruned_bytes  # noqa: E402
-from issp_basicsr.deploy.efficiency import best_latencies  # noqa: E402
+from issp_basicsr.deploy.efficiency import best_latencies, contention_warning  # noqa: E402
 from issp_basicsr.deploy.sparse_modules import (DEFAULT_MAX_DENSITY, SparseConv2d, SparseLinear,  # noqa: E402
                                                 convert_to_sparse, plan_sparse_layers)
 from issp_basicsr.sparsity import build_sparsifier  # noqa: E402
@@ -70,6 +70,7 @@ def main():
     print(header)
     for key in args.models:
         label, build, multiple = MODELS[key]
+        load_before = os.getloadavg()[0]
         torch.manual_seed(0)
         model = build().eval()
         size = -(-args.size // multiple) * multiple
@@ -94,6 +95,8 @@ def main():
             print(row, flush=True)
             del sparse
         print(f'  (load average {load()} at {time.strftime("%H:%M:%S")})', flush=True)
+        if contention_warning(load_before):
+            print(f'  {contention_warning(load_before)}', flush=True)
 
 
 if __name__ == '__main__':

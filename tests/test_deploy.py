@@ -437,3 +437,13 @@ def test_sparse_conv2d_column_blocks(monkeypatch):
         blocked = SparseConv2d.from_dense(conv)(x)
         torch.testing.assert_close(blocked, conv(x), atol=1e-4, rtol=0)
     torch.testing.assert_close(blocked, reference, atol=1e-5, rtol=0)
+
+
+def test_contention_warning(monkeypatch):
+    from issp_basicsr.deploy.efficiency import contention_warning
+    monkeypatch.delenv('OMP_WAIT_POLICY', raising=False)
+    monkeypatch.setattr(os, 'cpu_count', lambda: 2)
+    assert 'load average 3.00 on 2 CPUs' in contention_warning(3.0, threads=2)
+    assert contention_warning(0.2, threads=2) == '' and contention_warning(3.0, threads=1) == ''
+    monkeypatch.setenv('OMP_WAIT_POLICY', 'PASSIVE')
+    assert contention_warning(3.0, threads=2) == ''

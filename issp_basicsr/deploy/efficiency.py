@@ -97,6 +97,7 @@ def efficiency_report(model, example_input, checkpoint=None, repeats=3, plan='de
     :func:`~.sparse_modules.plan_sparse_layers`.
     """
     model = model.eval()
+    load_before = os.getloadavg()[0]
     rows, other_macs = count_layers(model, example_input)
     parameters = dict(model.named_parameters())
     total_params = sum(p.numel() for p in parameters.values())
@@ -135,9 +136,26 @@ def efficiency_report(model, example_input, checkpoint=None, repeats=3, plan='de
         report['latency'] = {
             'dense_ms': dense_s * 1e3, 'sparse_ms': sparse_s * 1e3, 'speedup': dense_s / sparse_s,
             'repeats': repeats, 'plan': plan, 'max_density': max_density,
-            'sparse_layers': sum(row['sparse_execution'] for row in rows), 'max_abs_difference': check
+            'sparse_layers': sum(row['sparse_execution'] for row in rows), 'max_abs_difference': check,
+            'warning': contention_warning(load_before)
         }
     return report
+
+
+def contention_warning(load, threads=None):
+    """A warning when other processes load the CPUs (``load``: the 1-minute load average taken before this process
+    started timing) and several threads are timed, else ''.
+
+    With libgomp's default (spinning) wait policy, every parallel region then waits for a descheduled thread:
+    measured here under a load average of 2-5 on 2 CPUs, the same dense EDSR-L ran in 2.1 s or 6.5 s from one run to
+    the next, and the sparse one (many short products) suffered more. One thread, or OMP_WAIT_POLICY=PASSIVE,
+    gives stable figures.
+    """
+    threads = threads or torch.get_num_threads()
+    if threads > 1 and load > (os.cpu_count() or 1) - threads + 0.5 and 'OMP_WAIT_POLICY' not in os.environ:
+        return (f'warning: load average {load:.2f} on {os.cpu_count()} CPUs: {threads}-thread timings are unreliable '
+                f'here; use --threads 1 or OMP_WAIT_POLICY=PASSIVE')
+    return ''
 
 
 def _human(n):
@@ -176,6 +194,8 @@ def format_table(report):
                      f'speed-up {lat["speedup"]:.2f}x '
                      f'({lat["sparse_layers"]} sparse layers, plan {lat["plan"]}, '
                      f'max |sparse - dense| {lat["max_abs_difference"]:.1e})')
+        if lat.get('warning'):
+            lines.append(lat['warning'])
     return '\n'.join(lines)
 
 
