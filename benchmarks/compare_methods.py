@@ -11,7 +11,8 @@ iterations, schedule and seed. Each run ends with a validation on the held-out i
     python benchmarks/compare_methods.py --estimate              # time a short probe, print the grid's cost
     python benchmarks/compare_methods.py --full --dry-run        # the paper's settings: write the files only
 
-Finished runs are skipped when the script is started again (``--rerun`` trains them anew).
+Finished runs are skipped when the script is started again, stopped ones resume from their last checkpoint
+(``--rerun`` trains them anew).
 """
 import argparse
 import copy
@@ -103,7 +104,7 @@ def common_options(base, iters=None, batch=None, overrides=(), base_dir=ROOT, ke
     logger['wandb'] = {'project': None, 'resume_id': None}
     if not keep_freqs:
         logger['print_freq'] = max(1, total // 60)
-        logger['save_checkpoint_freq'] = total
+        logger['save_checkpoint_freq'] = max(1, total // 6)  # a stopped grid resumes its runs from here
         if opt.get('val') is not None:
             opt['val']['val_freq'] = max(1, total // 10)
     opt['path'] = dict(opt.get('path') or {}, resume_state=None)
@@ -192,11 +193,14 @@ def finished(out, name):
     return False
 
 
-def train_command(option_file):
-    return [sys.executable, '-m', 'issp_basicsr.cli', 'train', '-opt', option_file]
+def train_command(option_file, resume=True):
+    """``basicsr train`` with ``--auto_resume``: a run stopped half-way continues from its last checkpoint
+    (the sparsifier state and RNG are part of it) when the script is started again."""
+    command = [sys.executable, '-m', 'issp_basicsr.cli', 'train', '-opt', option_file]
+    return command + ['--auto_resume'] if resume else command
 
 
-def run_training(option_file, out, name, threads=None):
+def run_training(option_file, out, name, threads=None, resume=True):
     """One ``basicsr train`` in ``out``; its console output goes to ``out/console/<name>.txt``.
     Returns None, or a one-line reason when it failed."""
     os.makedirs(os.path.join(out, 'console'), exist_ok=True)
@@ -205,7 +209,7 @@ def run_training(option_file, out, name, threads=None):
     if threads and 'OMP_NUM_THREADS' not in os.environ:
         env['OMP_NUM_THREADS'] = str(threads)
     with open(console, 'w') as handle:
-        code = subprocess.call(train_command(option_file), cwd=out, stdout=handle, stderr=subprocess.STDOUT,
+        code = subprocess.call(train_command(option_file, resume), cwd=out, stdout=handle, stderr=subprocess.STDOUT,
                                env=env)
     if code == 0:
         return None
@@ -214,7 +218,7 @@ def run_training(option_file, out, name, threads=None):
     return f'{name} failed (exit {code}): {tail[0]} (see {console})'
 
 
-def run_all(todo, out, jobs):
+def run_all(todo, out, jobs, resume=True):
     """Train ``[(name, option file)]``, ``jobs`` at a time; a failed run is reported and the others go on."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -222,7 +226,7 @@ def run_all(todo, out, jobs):
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     failures = []
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, tqdm(total=len(todo), desc='runs', unit='run') as bar:
-        futures = [pool.submit(run_training, path, out, name, threads) for name, path in todo]
+        futures = [pool.submit(run_training, path, out, name, threads, resume) for name, path in todo]
         for future in as_completed(futures):
             failure = future.result()
             if failure:
@@ -376,7 +380,8 @@ def build_parser():
     parser.add_argument('--jobs', type=int, default=1,
                         help='trainings at a time (each gets cores/jobs threads unless OMP_NUM_THREADS is set); '
                              'for small models two 1-thread runs use 2 cores better than one 2-thread run')
-    parser.add_argument('--rerun', action='store_true', help='train runs again even when they finished before')
+    parser.add_argument('--rerun', action='store_true',
+                        help='train every run afresh (no resume), even those that finished before')
     parser.add_argument('--estimate', type=int, nargs='?', const=200, metavar='ITERS',
                         help='train one short ISS-P probe (default 200 iterations), print s/iteration and the '
                              'projected time of the grid, and stop')
@@ -415,7 +420,7 @@ def main(argv=None):
     started = time.time()
     todo = [(name, path) for (name, *_), path in zip(runs, option_files) if args.rerun or not finished(out, name)]
     print(f'{len(runs) - len(todo)} finished before, {len(todo)} to train')
-    failures, threads = run_all(todo, out, args.jobs)
+    failures, threads = run_all(todo, out, args.jobs, resume=not args.rerun)
     wall = time.time() - started
 
     results = collect(out, runs)
