@@ -55,7 +55,7 @@ def count_layers(model, example_input):
         # output positions over every call: each needs weight.numel() MACs dense (Cout * Cin/groups * kh * kw for
         # a convolution, out * in for a Linear), nnz MACs sparse
         if isinstance(module, nn.Conv2d):
-            positions = sum(out_shape[0] * out_shape[2] * out_shape[3] for _, out_shape in shapes[name])
+            positions = sum(out_shape.numel() // module.out_channels for _, out_shape in shapes[name])
         else:
             positions = sum(in_shape.numel() // module.in_features for in_shape, _ in shapes[name])
         out_shape = shapes[name][0][1]
