@@ -34,7 +34,7 @@ if ROOT not in sys.path:
 
 DEFAULT_METHODS = ['dense', 'iht', 'issr', 'l1', 'scratch', 'issp']
 DEFAULT_RATIOS = [0.9, 0.95, 0.99]
-SAMPLE_BASE = os.path.join(ROOT, 'options', 'demo_issp_swinir_sample_x4.yml')
+SAMPLE_BASE = os.path.join(ROOT, 'options', 'compare_swinir_sample_x2.yml')
 # the paper's SwinIR-light x4 settings; the method family's ISS-P file is the same run
 FULL_BASES = [os.path.join(ROOT, 'options', 'issp_swinir_x4.yml'),
               os.path.join(ROOT, 'options', 'methods', 'swinir_light_x4_issp.yml')]
@@ -71,6 +71,7 @@ def common_options(base, iters=None, batch=None, overrides=(), base_dir=ROOT, ke
     """The part every run shares: the base file with the budget applied, paths made absolute (the runs train
     in the output folder), and evaluation fixed to PSNR/SSIM on Y with crop border = scale."""
     opt = copy.deepcopy(base)
+    apply_overrides(opt, overrides)  # before the budget, so that it scales an overridden total_iter or milestone
     train = opt['train']
     block = dict(train.get('sparsity') or {})
     old_total = train['total_iter']
@@ -88,10 +89,6 @@ def common_options(base, iters=None, batch=None, overrides=(), base_dir=ROOT, ke
     train['sparsity'] = block
     if batch is not None:
         opt['datasets']['train']['batch_size_per_gpu'] = batch
-    for dataset in opt['datasets'].values():
-        for key in PATH_KEYS:
-            if isinstance(dataset.get(key), str) and not os.path.isabs(dataset[key]):
-                dataset[key] = os.path.normpath(os.path.join(base_dir, dataset[key]))
     scale = opt['scale']
     if opt.get('val') is not None:
         opt['val']['metrics'] = {
@@ -109,10 +106,18 @@ def common_options(base, iters=None, batch=None, overrides=(), base_dir=ROOT, ke
             opt['val']['val_freq'] = max(1, total // 10)
     opt['path'] = dict(opt.get('path') or {}, resume_state=None)
     opt['model_type'] = 'ISSPSRModel'
+    apply_overrides(opt, overrides)  # and after it, so that an explicit frequency or metric wins
+    for dataset in opt['datasets'].values():
+        for key in PATH_KEYS:
+            if isinstance(dataset.get(key), str) and not os.path.isabs(dataset[key]):
+                dataset[key] = os.path.normpath(os.path.join(base_dir, dataset[key]))
+    return opt
+
+
+def apply_overrides(opt, overrides):
     for override in overrides:
         key, _, text = override.partition('=')
         set_key(opt, key, yaml.safe_load(text))
-    return opt
 
 
 def applicable_keys(method):
@@ -184,6 +189,15 @@ def write_options(opt, folder):
     return path
 
 
+def stale(out, name, option_file):
+    """True when ``experiments/<name>`` was trained from other options than ``option_file`` (BasicSR keeps a copy
+    of the option file there): such a run must neither count as finished nor be resumed."""
+    used = os.path.join(out, 'experiments', name, os.path.basename(option_file))
+    if not os.path.isfile(used):
+        return False
+    return load_yaml(used) != load_yaml(option_file)
+
+
 # ------------------------------------------------------------------------------------------ running
 def finished(out, name):
     for log in glob.glob(os.path.join(out, 'experiments', name, f'train_{name}_*.log')):
@@ -218,15 +232,15 @@ def run_training(option_file, out, name, threads=None, resume=True):
     return f'{name} failed (exit {code}): {tail[0]} (see {console})'
 
 
-def run_all(todo, out, jobs, resume=True):
-    """Train ``[(name, option file)]``, ``jobs`` at a time; a failed run is reported and the others go on."""
+def run_all(todo, out, jobs):
+    """Train ``[(name, option file, resume)]``, ``jobs`` at a time; a failed run is reported and the others go on."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from tqdm import tqdm
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     failures = []
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, tqdm(total=len(todo), desc='runs', unit='run') as bar:
-        futures = [pool.submit(run_training, path, out, name, threads, resume) for name, path in todo]
+        futures = [pool.submit(run_training, path, out, name, threads, resume) for name, path, resume in todo]
         for future in as_completed(futures):
             failure = future.result()
             if failure:
@@ -257,7 +271,7 @@ def collect(out, runs):
     results = {}
     for name, method, ratio, seed, _ in runs:
         path = os.path.join(out, 'experiments', name)
-        if finished(out, name):
+        if finished(out, name) and not stale(out, name, os.path.join(out, 'options', f'{name}.yml')):
             results.setdefault((method, ratio), []).append(load_experiment(path))
     return results
 
@@ -377,9 +391,10 @@ def build_parser():
                         help="the paper's settings (options/issp_swinir_x4.yml: DIV2K, SwinIR-light, 300k "
                              'iterations, Set5): for a GPU')
     parser.add_argument('--dry-run', action='store_true', help='write the option files and print the commands only')
-    parser.add_argument('--jobs', type=int, default=1,
-                        help='trainings at a time (each gets cores/jobs threads unless OMP_NUM_THREADS is set); '
-                             'for small models two 1-thread runs use 2 cores better than one 2-thread run')
+    parser.add_argument('--jobs', type=int,
+                        help='trainings at a time, each with cores/jobs threads unless OMP_NUM_THREADS is set '
+                             '(default: one per core, as 1-thread runs of a small model use the cores best; '
+                             '1 with --full)')
     parser.add_argument('--rerun', action='store_true',
                         help='train every run afresh (no resume), even those that finished before')
     parser.add_argument('--estimate', type=int, nargs='?', const=200, metavar='ITERS',
@@ -392,6 +407,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     import issp_basicsr  # noqa: F401  (BasicSR fixes and registrations)
 
+    if args.jobs is None:
+        args.jobs = 1 if args.full else max(1, os.cpu_count() or 1)
     base_file = args.base or (FULL_BASE if args.full else SAMPLE_BASE)
     if not os.path.isfile(base_file):
         hint = '' if args.full or args.base else ' (build the sample set and its options: basicsr datasets sample)'
@@ -418,9 +435,15 @@ def main(argv=None):
     except OptionError as error:
         raise SystemExit(f'compare_methods: {error}')
     started = time.time()
-    todo = [(name, path) for (name, *_), path in zip(runs, option_files) if args.rerun or not finished(out, name)]
+    changed = {name for (name, *_), path in zip(runs, option_files) if stale(out, name, path)}
+    fresh = {name for name, *_ in runs} if args.rerun else changed
+    if changed and not args.rerun:
+        print(f'{len(changed)} run(s) in {out} were trained with other options: they are trained anew '
+              f'(BasicSR archives their old folders)')
+    todo = [(name, path, name not in fresh) for (name, *_), path in zip(runs, option_files)
+            if name in fresh or not finished(out, name)]
     print(f'{len(runs) - len(todo)} finished before, {len(todo)} to train')
-    failures, threads = run_all(todo, out, args.jobs, resume=not args.rerun)
+    failures, threads = run_all(todo, out, args.jobs)
     wall = time.time() - started
 
     results = collect(out, runs)

@@ -306,7 +306,7 @@ def test_every_option_file_parses_and_passes_the_checks(name):
 
 
 def test_all_expected_option_files_exist():
-    demo = ['demo_issp_swinir_sample_x4.yml', 'test_demo_issp_swinir_sample_x4.yml']
+    demo = ['demo_issp_swinir_sample_x4.yml', 'test_demo_issp_swinir_sample_x4.yml', 'compare_swinir_sample_x2.yml']
     assert set(TOP_LEVEL) == set(PAPER) | {f'test_{n}' for n in PAPER} | set(demo)
 
 
@@ -371,14 +371,27 @@ def test_test_files_match_their_training_file(name):
 
 def test_demo_reads_the_sample_set(sample):
     demo, test = load('demo_issp_swinir_sample_x4.yml'), load('test_demo_issp_swinir_sample_x4.yml')
-    paths = sample_paths('datasets/sample', 4)
-    assert demo['num_gpu'] == 0 and demo['scale'] == 4
-    assert demo['datasets']['train']['dataroot_gt'] == paths['train_gt']
-    assert demo['datasets']['train']['dataroot_lq'] == paths['train_lq']
-    assert demo['datasets']['val']['dataroot_gt'] == paths['val_gt']
-    assert demo['datasets']['val']['dataroot_lq'] == paths['val_lq']
+    assert_reads_sample_set(demo, 4)
     assert test['network_g'] == demo['network_g']
     assert test['path']['pretrain_network_g'] == f'experiments/{demo["name"]}/models/net_g_latest.pth'
+
+
+def test_comparison_base_is_the_demo_network_at_x2_on_the_sample_set():
+    base, demo = load('compare_swinir_sample_x2.yml'), load('demo_issp_swinir_sample_x4.yml')
+    assert_reads_sample_set(base, 2)
+    assert base['network_g'] == dict(demo['network_g'], upscale=2)
+    assert base['datasets']['train']['gt_size'] == 32  # the demo's LR patch of 16
+    assert base['train'] == demo['train']  # the demo's budget and schedule
+    assert all(metric['crop_border'] == 2 for metric in base['val']['metrics'].values())
+
+
+def assert_reads_sample_set(opt, scale):
+    paths = sample_paths('datasets/sample', scale)
+    assert opt['num_gpu'] == 0 and opt['scale'] == scale and opt['network_g']['upscale'] == scale
+    assert opt['datasets']['train']['dataroot_gt'] == paths['train_gt']
+    assert opt['datasets']['train']['dataroot_lq'] == paths['train_lq']
+    assert opt['datasets']['val']['dataroot_gt'] == paths['val_gt']
+    assert opt['datasets']['val']['dataroot_lq'] == paths['val_lq']
 
 
 def test_demo_trains_and_tests_on_the_sample_lmdbs(sample, tmp_path):

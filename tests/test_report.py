@@ -1,5 +1,6 @@
 """`basicsr report` and benchmarks/compare_methods.py: log and event parsing, figures, table, fair option files."""
 import copy
+import glob
 import importlib.util
 import os
 import subprocess
@@ -237,6 +238,14 @@ def test_compare_methods_trains_and_summarises(compare, tiny_pairs, tmp_path, mo
     before = sorted(os.listdir(out / 'experiments'))
     assert compare.main(args) == 0
     assert sorted(os.listdir(out / 'experiments')) == before
+    # other options under the same names: the old runs neither count nor resume, they are trained anew
+    first_log = glob.glob(str(out / 'experiments' / 'cmp_issp_r0.9_s0' / 'train_*.log'))
+    assert compare.main(args + ['--set', 'train:optim_g:lr=0.001']) == 0
+    after = sorted(os.listdir(out / 'experiments'))
+    assert len([name for name in after if '_archived_' in name]) == 2 and set(before) < set(after)
+    experiment = load_experiment(str(out / 'experiments' / 'cmp_issp_r0.9_s0'))
+    assert experiment.iterations == 10 and experiment.options['train']['optim_g']['lr'] == 0.001
+    assert not set(glob.glob(str(out / 'experiments' / 'cmp_issp_r0.9_s0' / 'train_*.log'))) & set(first_log)
 
 
 def test_fairness_helper_keeps_copy_of_base(compare, tiny_pairs):
@@ -244,3 +253,13 @@ def test_fairness_helper_keeps_copy_of_base(compare, tiny_pairs):
     snapshot = copy.deepcopy(base)
     compare.plan_runs(compare.common_options(base, iters=10), ['issp', 'iht'], [0.95], [0])
     assert base == snapshot
+
+
+def test_overrides_apply_before_the_budget_and_paths_become_absolute(compare, tiny_pairs):
+    base = tiny_options(tiny_pairs)
+    common = compare.common_options(base, iters=20, overrides=[
+        'datasets:train:dataroot_lq=relative/lq', 'val:val_freq=7', 'train:scheduler:milestones=[10]'],
+        base_dir='/data/root')
+    assert common['datasets']['train']['dataroot_lq'] == '/data/root/relative/lq'
+    assert common['val']['val_freq'] == 7  # an explicit override wins over the budget's frequency
+    assert common['train']['total_iter'] == 20
