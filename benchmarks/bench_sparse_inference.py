@@ -90,13 +90,15 @@ def main():
                 plain = serialized_size(state)
                 compressed = compress_checkpoint(state)
                 unpruned = unpruned_bytes(compressed)
-                size = serialized_size(compressed)
-                row += f' {plain / 1e6:>8.2f} {size / 1e6:>9.3f} {size / (1.2 * (1 - ratio) * plain + unpruned):>10.3f}'
+                stored = serialized_size(compressed)
+                bound = 1.2 * (1 - ratio) * plain + unpruned
+                row += f' {plain / 1e6:>8.2f} {stored / 1e6:>9.3f} {stored / bound:>10.3f}'
             print(row, flush=True)
             del sparse
         print(f'  (load average {load()} at {time.strftime("%H:%M:%S")})', flush=True)
-        if contention_warning(load_before):
-            print(f'  {contention_warning(load_before)}', flush=True)
+        warning = contention_warning(load_before)
+        if warning:
+            print(f'  {warning}', flush=True)
 
 
 if __name__ == '__main__':

@@ -555,7 +555,7 @@ def test_method_option_files_are_generated_and_up_to_date():
 @pytest.mark.parametrize('backbone', ['swinir_light_x4', 'edsr_l_x4'])
 def test_method_option_files_differ_only_in_the_sparsity_block(backbone):
     generator = load_generator()
-    base = yaml.safe_load(generator.base_source(backbone)[0])  # the base file, or its stand-in while missing
+    base = yaml.safe_load(generator.base_source(backbone)[0])
     shared = without(base)
     names, stages = set(), set()
     for method in generator.METHODS:

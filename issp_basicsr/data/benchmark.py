@@ -13,11 +13,8 @@ Huang et al. archive (the smallest factor, whose HR is the least cropped).
 import os
 import re
 
-from tqdm import tqdm
-
 from ..options import OptionError
-from .imaging import (bicubic_downscale, is_built, list_images, mod_crop, read_color, remove_output,
-                      require_folder, staged_folder, write_png)
+from .imaging import is_built, list_images, remove_output, require_folder, sorted_scales, stem, write_mod_pairs
 
 # canonical name -> folder names accepted for it (compared case-insensitively)
 SETS = {
@@ -56,24 +53,20 @@ def find_hr_images(set_folder):
             return [(_clean_name(path), path) for path in list_images(subfolders[name])]
     direct = list_images(set_folder)
     if direct:
-        hr_only = [path for path in direct if HR_SUFFIX.search(_stem(path))]
+        hr_only = [path for path in direct if HR_SUFFIX.search(stem(path))]
         return [(_clean_name(path), path) for path in (hr_only or direct)]
     srf = sorted((int(SRF_FOLDER.match(os.path.basename(path)).group(1)), path) for path in subfolders.values()
                  if SRF_FOLDER.match(os.path.basename(path)))
     if srf:
-        hr_only = [path for path in list_images(srf[0][1]) if HR_SUFFIX.search(_stem(path))]
+        hr_only = [path for path in list_images(srf[0][1]) if HR_SUFFIX.search(stem(path))]
         if hr_only:
             return [(_clean_name(path), path) for path in hr_only]
     raise OptionError(f'{set_folder}: no HR images (expected image files, an HR/ folder, or image_SRF_<s>/ '
                       'folders with *_HR images)')
 
 
-def _stem(path):
-    return os.path.splitext(os.path.basename(path))[0]
-
-
 def _clean_name(path):
-    return HR_SUFFIX.sub('', _stem(path))
+    return HR_SUFFIX.sub('', stem(path))
 
 
 def benchmark_paths(output, set_name, scale):
@@ -85,9 +78,7 @@ def prepare_benchmark(input_dir, output, scales=(2, 3, 4), sets=None, force=Fals
 
     ``sets`` None: every one of the five that is there (at least one must be); a list: exactly those."""
     require_folder(input_dir)
-    scales = sorted(set(scales))
-    if not scales or min(scales) < 1:
-        raise OptionError(f'--scales must be integers >= 1, got {scales}')
+    scales = sorted_scales(scales)
     unknown = [name for name in (sets or []) if name not in SETS]
     if unknown:
         raise OptionError(f'--sets: unknown test set {unknown[0]!r} (known: {", ".join(SETS)})')
@@ -114,11 +105,7 @@ def prepare_benchmark(input_dir, output, scales=(2, 3, 4), sets=None, force=Fals
                 log(f'{name} x{scale}: already prepared in {os.path.dirname(gt_dir)}')
                 continue
             os.makedirs(os.path.dirname(gt_dir), exist_ok=True)
-            with staged_folder(gt_dir) as gt_stage, staged_folder(lq_dir) as lq_stage:
-                for image_name, path in tqdm(images, desc=f'{name} x{scale}', unit='image'):
-                    hr = mod_crop(read_color(path), scale)
-                    write_png(os.path.join(gt_stage, f'{image_name}.png'), hr)
-                    write_png(os.path.join(lq_stage, f'{image_name}.png'), bicubic_downscale(hr, scale))
+            write_mod_pairs(images, gt_dir, lq_dir, scale, desc=f'{name} x{scale}')
         log(f'{name}: {len(images)} images from {folder}')
     return result
 

@@ -12,14 +12,15 @@ Output (``--output datasets/DIV2K``, name from the output folder)::
     prepare_info.json                    the settings the LMDBs were cut with
 """
 import json
+import math
 import os
 import re
 from functools import partial
 from multiprocessing import Pool
 
 from ..options import OptionError
-from .imaging import (bicubic_downscale, common_multiple, is_built, is_image, list_images, mod_crop, read_color,
-                      remove_output, require_folder)
+from .imaging import (bicubic_downscale, is_built, is_image, list_images, mod_crop, read_color, remove_output,
+                      require_folder, sorted_scales, stem)
 from .subimages import check_geometry, cut_pair, write_lmdbs
 
 CROP_SIZE, STEP, THRESH_SIZE = 480, 240, 0
@@ -67,32 +68,32 @@ def find_lr_folder(hr_folder, scale):
     return None
 
 
-def _lr_file(lr_folder, stem, scale):
-    for name in (f'{stem}x{scale}', stem):
+def _lr_file(lr_folder, image_name, scale):
+    for name in (f'{image_name}x{scale}', image_name):
         for ext in ('.png', '.jpg', '.jpeg', '.bmp'):
             path = os.path.join(lr_folder, name + ext)
             if os.path.isfile(path):
                 return path
-    raise OptionError(f'{os.path.join(lr_folder, stem + "x" + str(scale) + ".png")}: LR image of {stem} is missing')
+    raise OptionError(f'{os.path.join(lr_folder, f"{image_name}x{scale}.png")}: LR image of {image_name} is missing')
 
 
 def _cut_one(job, scales, multiple, crop_size, step, thresh_size, with_hr):
     """Worker: one HR image (and its official LR images where given) -> encoded sub-image records."""
     hr_path, lr_folders = job
-    stem = os.path.splitext(os.path.basename(hr_path))[0]
+    name = stem(hr_path)
     hr = mod_crop(read_color(hr_path), multiple)
     lrs = {}
     for scale in scales:
         if lr_folders.get(scale):
-            lr = read_color(_lr_file(lr_folders[scale], stem, scale))
+            lr = read_color(_lr_file(lr_folders[scale], name, scale))
             height, width = hr.shape[0] // scale, hr.shape[1] // scale
             if lr.shape[0] < height or lr.shape[1] < width:
-                raise OptionError(f'{_lr_file(lr_folders[scale], stem, scale)}: {lr.shape[1]}x{lr.shape[0]} is '
+                raise OptionError(f'{_lr_file(lr_folders[scale], name, scale)}: {lr.shape[1]}x{lr.shape[0]} is '
                                   f'smaller than HR/{scale} ({width}x{height})')
             lrs[scale] = lr[:height, :width]
         else:
             lrs[scale] = bicubic_downscale(hr, scale)
-    return cut_pair(stem, hr, lrs, crop_size, step, thresh_size, COMPRESS_LEVEL, with_hr=with_hr)
+    return cut_pair(name, hr, lrs, crop_size, step, thresh_size, COMPRESS_LEVEL, with_hr=with_hr)
 
 
 def lmdb_paths(output, name, scales):
@@ -104,15 +105,13 @@ def prepare_div2k(input_dir, output, scales=(2, 3, 4), name=None, crop_size=CROP
                   thresh_size=THRESH_SIZE, workers=None, force=False, log=print):
     """Prepare HR/LR sub-image LMDBs of the training images under ``input_dir``; returns
     ``(hr_lmdb, {scale: lr_lmdb})``. Finished LMDBs are kept unless ``force``."""
-    scales = sorted(set(scales))
-    if not scales or min(scales) < 1:
-        raise OptionError(f'--scales must be integers >= 1, got {scales}')
+    scales = sorted_scales(scales)
     check_geometry(scales, crop_size, step)
     hr_folders = find_hr_folders(input_dir)
     name = name or os.path.basename(os.path.abspath(output))
     hr_lmdb, lr_lmdbs = lmdb_paths(output, name, scales)
     # HR cropped to a multiple of 12 (and of every scale asked): the HR LMDB then serves x2, x3 and x4 alike.
-    multiple = common_multiple([12] + scales)
+    multiple = math.lcm(12, *scales)
     settings = {'crop_size': crop_size, 'step': step, 'thresh_size': thresh_size, 'hr_multiple': multiple,
                 'hr_folders': [os.path.abspath(f) for f in hr_folders]}
     info_path = os.path.join(output, 'prepare_info.json')

@@ -5,19 +5,32 @@ is bit-for-bit what BasicSR's scripts would give. Outputs are built in a staging
 when complete, so an interrupted run never leaves a half-written LMDB that a later run would mistake for done.
 """
 import contextlib
-import math
 import os
 import shutil
 
 import cv2
 import numpy as np
+from basicsr.data.transforms import mod_crop  # noqa: F401  (re-exported: the one mod-crop of the package)
 from basicsr.utils.lmdb_util import LmdbMaker
 from basicsr.utils.matlab_functions import imresize
+from tqdm import tqdm
 
 from ..options import OptionError
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.ppm', '.webp')
 STAGING = '.incomplete'
+
+
+def stem(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def sorted_scales(scales):
+    """``scales`` sorted without repeats; an OptionError unless they are integers >= 1."""
+    scales = sorted(set(scales))
+    if not scales or min(scales) < 1:
+        raise OptionError(f'--scales must be integers >= 1, got {scales}')
+    return scales
 
 
 def is_image(name):
@@ -45,12 +58,6 @@ def read_color(path):
     return image
 
 
-def mod_crop(image, multiple):
-    """The top-left part of ``image`` whose height and width are multiples of ``multiple``."""
-    height, width = image.shape[:2]
-    return image[:height - height % multiple, :width - width % multiple]
-
-
 def bicubic_downscale(image, scale):
     """MATLAB ``imresize(img, 1/scale, 'bicubic')`` of a uint8 image, rounded back to uint8 (BasicSR's LR)."""
     low = imresize(image.astype(np.float32) / 255., 1 / scale)
@@ -74,10 +81,6 @@ def subimage_boxes(height, width, crop_size, step, thresh_size):
             for left in positions(width, crop_size, step, thresh_size)]
 
 
-def common_multiple(scales):
-    return math.lcm(*scales)
-
-
 def encode_png(image, compress_level):
     ok, encoded = cv2.imencode('.png', image, [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
     if not ok:
@@ -88,6 +91,16 @@ def encode_png(image, compress_level):
 def write_png(path, image):
     if not cv2.imwrite(path, image):
         raise OptionError(f'{path}: could not write the image')
+
+
+def write_mod_pairs(named_paths, gt_dir, lq_dir, scale, desc):
+    """``GTmod<scale>``/``LRbicx<scale>`` folders as BasicSR's test sets have them: each image (``[(name, path)]``)
+    cropped to a multiple of ``scale``, and its MATLAB-bicubic LR under the same name; both appear when complete."""
+    with staged_folder(gt_dir) as gt_stage, staged_folder(lq_dir) as lq_stage:
+        for name, path in tqdm(named_paths, desc=desc, unit='image'):
+            hr = mod_crop(read_color(path), scale)
+            write_png(os.path.join(gt_stage, f'{name}.png'), hr)
+            write_png(os.path.join(lq_stage, f'{name}.png'), bicubic_downscale(hr, scale))
 
 
 def _staging_path(final):

@@ -12,10 +12,8 @@ Layout under ``root`` (default ``datasets/sample``)::
 import importlib.util
 import os
 
-from tqdm import tqdm
-
 from ..options import OptionError
-from .imaging import (bicubic_downscale, is_built, mod_crop, read_color, remove_output, staged_folder, write_png)
+from .imaging import bicubic_downscale, is_built, mod_crop, read_color, remove_output, stem, write_mod_pairs
 from .subimages import check_geometry, cut_pair, write_lmdbs
 
 # Natural RGB photos of skimage/data. Left out: retina (mostly flat black border), color (a synthetic colour
@@ -54,10 +52,6 @@ def _photos(names, data_dir):
     if missing:
         raise OptionError(f'{missing[0]}: not found in this scikit-image installation')
     return paths
-
-
-def _stem(path):
-    return os.path.splitext(os.path.basename(path))[0]
 
 
 def build_sample(root=DEFAULT_ROOT, scales=SCALES, force=False, train_photos=TRAIN_PHOTOS,
@@ -99,7 +93,7 @@ def build_sample(root=DEFAULT_ROOT, scales=SCALES, force=False, train_photos=TRA
             for path in train:
                 hr = mod_crop(read_color(path), HR_MULTIPLE)
                 lrs = {scale: bicubic_downscale(hr, scale) for scale in lr_lmdbs}
-                yield cut_pair(_stem(path), hr, lrs, crop_size, step, THRESH_SIZE, COMPRESS_LEVEL, with_hr=new_hr)
+                yield cut_pair(stem(path), hr, lrs, crop_size, step, THRESH_SIZE, COMPRESS_LEVEL, with_hr=new_hr)
 
         count = write_lmdbs(records(), len(train), hr_lmdb if new_hr else None, lr_lmdbs, COMPRESS_LEVEL,
                             desc='sample: training sub-images')
@@ -109,11 +103,8 @@ def build_sample(root=DEFAULT_ROOT, scales=SCALES, force=False, train_photos=TRA
         gt_dir, lq_dir = paths[scale]['val_gt'], paths[scale]['val_lq']
         if is_built(gt_dir) and is_built(lq_dir):
             continue
-        with staged_folder(gt_dir) as gt_stage, staged_folder(lq_dir) as lq_stage:
-            for path in tqdm(held_out, desc=f'sample: held-out photos x{scale}', unit='image'):
-                hr = mod_crop(read_color(path), scale)
-                write_png(os.path.join(gt_stage, f'{_stem(path)}.png'), hr)
-                write_png(os.path.join(lq_stage, f'{_stem(path)}.png'), bicubic_downscale(hr, scale))
-    log(f'Sample set ready in {root}: training {", ".join(map(_stem, train))}; '
-        f'held out {", ".join(map(_stem, held_out))}')
+        write_mod_pairs([(stem(path), path) for path in held_out], gt_dir, lq_dir, scale,
+                        desc=f'sample: held-out photos x{scale}')
+    log(f'Sample set ready in {root}: training {", ".join(map(stem, train))}; '
+        f'held out {", ".join(map(stem, held_out))}')
     return paths

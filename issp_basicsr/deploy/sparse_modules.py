@@ -15,6 +15,7 @@ non-zero-padded convolutions, and weights that are not float32/float64, always s
 
 Nothing here imports BasicSR: it works on any ``nn.Module``.
 """
+import contextlib
 import copy
 import threading
 import time
@@ -40,20 +41,26 @@ UNTILED_MAX_BYTES = 8 << 20
 _workspace = threading.local()
 
 
+@contextlib.contextmanager
+def _quiet_beta():
+    """Silence PyTorch's 'sparse CSR support is in beta' warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)
+        yield
+
+
 def _csr_parts(dense_2d):
     """``(crow, col, values)`` of ``dense_2d`` in CSR form, with int32 indices: MKL's, so the products do not
     convert int64 indices on every call. Kept as plain tensors (buffers), so modules copy, move and save as usual."""
     index_dtype = torch.int32 if dense_2d.numel() < 2**31 else torch.int64
-    rows, cols = dense_2d.nonzero(as_tuple=True)
-    crow = torch.zeros(dense_2d.shape[0] + 1, dtype=torch.int64, device=dense_2d.device)
-    crow[1:] = torch.bincount(rows, minlength=dense_2d.shape[0]).cumsum(0)
-    return crow.to(index_dtype), cols.to(index_dtype), dense_2d[rows, cols].contiguous()
+    with _quiet_beta():
+        csr = dense_2d.contiguous().to_sparse_csr()
+    return csr.crow_indices().to(index_dtype), csr.col_indices().to(index_dtype), csr.values()
 
 
 def _csr(crow, col, values, shape):
-    """A CSR tensor over existing index/value tensors (no copy), without PyTorch's 'beta' warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', UserWarning)
+    """A CSR tensor over existing index/value tensors (no copy)."""
+    with _quiet_beta():
         return torch.sparse_csr_tensor(crow, col, values, shape)
 
 

@@ -18,7 +18,7 @@ DPI = 100
 LINESTYLES = ('-', '--', '-.', ':')
 
 
-def colors(count: int):
+def line_styles(count: int):
     """One line style per experiment: colour, dash pattern and a width that shrinks with the index, so curves
     that coincide (methods at the same sparsity, say) stay visible under each other."""
     cmap = colormaps['tab10' if count <= 10 else 'tab20']
@@ -41,9 +41,9 @@ def save(figure, path: str) -> str:
     return path
 
 
-def _plot_series(axis, experiments, tag, labels, palette, pruning_only=False) -> int:
+def _plot_series(axis, experiments, tag, labels, styles, pruning_only=False) -> int:
     drawn = 0
-    for experiment, style in zip(experiments, palette):
+    for experiment, style in zip(experiments, styles):
         x, y = experiment.curve(tag)
         if pruning_only and experiment.prune_iter:
             keep = [i for i, it in enumerate(x) if it <= experiment.prune_iter]
@@ -70,10 +70,10 @@ def validation_figure(experiments, dataset, out, labels) -> Tuple[Optional[str],
     metrics = []
     for experiment in with_data:
         metrics += [m for m in experiment.metrics(dataset) if m not in metrics]
-    palette = dict(zip((e.name for e in experiments), colors(len(experiments))))
+    styles = dict(zip((e.name for e in experiments), line_styles(len(experiments))))
     figure, axes = new_figure(len(metrics))
     for axis, metric in zip(axes, metrics):
-        _plot_series(axis, with_data, f'metrics/{dataset}/{metric}', labels, [palette[e.name] for e in with_data])
+        _plot_series(axis, with_data, f'metrics/{dataset}/{metric}', labels, [styles[e.name] for e in with_data])
         bicubic = {e.name: e.final_metric(dataset, metric)[1] for e in with_data}
         values = {round(v, 4) for v in bicubic.values() if v is not None}
         if len(values) == 1:
@@ -81,7 +81,7 @@ def validation_figure(experiments, dataset, out, labels) -> Tuple[Optional[str],
         else:
             for name, value in bicubic.items():
                 if value is not None:
-                    axis.axhline(value, color=palette[name]['color'], linestyle='--', linewidth=1)
+                    axis.axhline(value, color=styles[name]['color'], linestyle='--', linewidth=1)
         axis.set_xlabel('iteration')
         axis.set_ylabel(metric.upper() if metric in ('psnr', 'ssim') else metric)
         axis.set_title(f'{dataset}: validation {metric}')
@@ -93,9 +93,9 @@ def validation_figure(experiments, dataset, out, labels) -> Tuple[Optional[str],
 def series_figure(experiments, tag, out, file, title, ylabel, labels, logy=False, pruning_only=False,
                   note_missing=True):
     """One scalar over iterations, one curve per experiment (``pruning_only``: iterations up to prune_iter)."""
-    palette = colors(len(experiments))
+    styles = line_styles(len(experiments))
     figure, (axis,) = new_figure()
-    drawn = _plot_series(axis, experiments, tag, labels, palette, pruning_only=pruning_only)
+    drawn = _plot_series(axis, experiments, tag, labels, styles, pruning_only=pruning_only)
     if not drawn:
         return None, [f'{file}: no experiment logged {tag}; skipped']
     notes = [f'{file}: {name} logged no {tag}; left out' for name in _missing(experiments, tag)] if note_missing else []
@@ -114,10 +114,10 @@ def gradient_figure(experiments, out, labels):
     tags = [('sparsity/grad_unimportant', 'unimportant / pruned weights'), ('sparsity/grad_kept', 'kept weights')]
     if not any(e.series.get(tag) for e in experiments for tag, _ in tags):
         return None, ['grad_norms.png: no experiment logged gradient norms; skipped']
-    palette = colors(len(experiments))
+    styles = line_styles(len(experiments))
     figure, axes = new_figure(2)
     for axis, (tag, title) in zip(axes, tags):
-        _plot_series(axis, experiments, tag, labels, palette)
+        _plot_series(axis, experiments, tag, labels, styles)
         axis.set_xlabel('iteration')
         axis.set_ylabel('gradient L2 norm')
         axis.set_title(f'gradient norm: {title}')
@@ -137,7 +137,7 @@ def layer_figure(experiments, out, labels):
         return None, ['layer_sparsity.png: no experiment has a readable checkpoint; skipped']
     notes = [f'layer_sparsity.png: {e.name} has no readable checkpoint; left out'
              for e in experiments if not e.layer_sparsity]
-    palette = dict(zip((e.name for e in experiments), colors(len(experiments))))
+    styles = dict(zip((e.name for e in experiments), line_styles(len(experiments))))
     widest = max(with_layers, key=lambda e: len(e.layer_sparsity))
     names = list(widest.layer_sparsity)
     figure, (axis,) = new_figure(width=max(6.4, min(16.0, 0.12 * len(names) + 3)))
@@ -145,7 +145,7 @@ def layer_figure(experiments, out, labels):
         values = [experiment.layer_sparsity.get(name) for name in names]
         x = [i for i, v in enumerate(values) if v is not None]
         axis.plot(x, [values[i] for i in x], label=labels[experiment.name], marker='o', markersize=3,
-                  **palette[experiment.name])
+                  **styles[experiment.name])
     step = max(1, len(names) // 25)
     axis.set_xticks(range(0, len(names), step))
     axis.set_xticklabels([names[i] for i in range(0, len(names), step)], rotation=90, fontsize=6)

@@ -4,9 +4,7 @@ ISS-P on RCAN x4 (BasicSR's RCAN arch).
 Each file is its base file (``options/issp_swinir_x4.yml``, ``options/issp_edsr_l_x4.yml``) with only ``name``
 and the ``train: sparsity:`` block replaced, as text, so the runs of one backbone share every other setting
 (network, data, iterations, schedule, seed) and the base file's comments. The RCAN file is the EDSR-L base with
-``network_g`` replaced too. While a base file is missing, a built-in template with the published settings
-(/work/shared/ISSP.md: DIV2K LMDBs, HR patch 256, batch 32, Adam, K_p 100k with the LR held, Set5 on Y) stands
-in for it; the files say which one they came from.
+``network_g`` replaced too.
 
     python options/methods/generate.py           # (re)write the files
     python options/methods/generate.py --check   # exit 1 if a file is missing or differs from what it would write
@@ -45,131 +43,14 @@ DESCRIPTIONS = {
 }
 
 
-# Stand-ins for the base files while they are missing: the published settings of the paper's runs.
-_COMMON_TOP = """name: {name}
-model_type: ISSPSRModel
-scale: 4
-num_gpu: auto
-manual_seed: 0
-
-datasets:
-  train:
-    name: DIV2K
-    type: PairedImageDataset
-    dataroot_gt: datasets/DIV2K/DIV2K_train_HR_sub.lmdb
-    dataroot_lq: datasets/DIV2K/DIV2K_train_LR_bicubic_X4_sub.lmdb
-    io_backend:
-      type: lmdb
-    gt_size: 256
-    use_hflip: true
-    use_rot: true
-    num_worker_per_gpu: 8
-    batch_size_per_gpu: 32
-    dataset_enlarge_ratio: 1
-    prefetch_mode: ~
-  val:
-    name: Set5
-    type: PairedImageDataset
-    dataroot_gt: datasets/benchmark/Set5/GTmod4
-    dataroot_lq: datasets/benchmark/Set5/LRbicx4
-    io_backend:
-      type: disk
-
-"""
-_COMMON_BOTTOM = """
-path:
-  pretrain_network_g: ~
-  strict_load_g: true
-  resume_state: ~
-
-train:
-  ema_decay: 0.999
-  optim_g:
-    type: Adam
-    lr: !!float {lr}
-    weight_decay: 0
-    betas: [0.9, 0.99]
-  scheduler:  # counted from prune_iter: the LR is held during pruning
-    type: MultiStepLR
-    milestones: {milestones}
-    gamma: 0.5
-  total_iter: {total_iter}
-  warmup_iter: -1
-  pixel_opt:
-    type: L1Loss
-    loss_weight: 1.0
-    reduction: mean
-  sparsity:
-    method: issp
-    ratio: 0.95
-    alpha: 0.95
-    prune_iter: 100000
-    interval: 1
-    exclude: []
-    hold_lr_during_pruning: true
-
-val:
-  val_freq: !!float 5e3
-  save_img: false
-  metrics:
-    psnr:
-      type: calculate_psnr
-      crop_border: 4
-      test_y_channel: true
-    ssim:
-      type: calculate_ssim
-      crop_border: 4
-      test_y_channel: true
-
-logger:
-  print_freq: 100
-  save_checkpoint_freq: !!float 5e3
-  use_tb_logger: true
-  wandb:
-    project: ~
-    resume_id: ~
-
-dist_params:
-  backend: nccl
-  port: 29500
-"""
-TEMPLATES = {
-    'swinir_light_x4': _COMMON_TOP.format(name='issp_swinir_light_x4') + """network_g:
-  type: SwinIR
-  upscale: 4
-  in_chans: 3
-  img_size: 64
-  window_size: 8
-  img_range: 1.
-  depths: [6, 6, 6, 6]
-  embed_dim: 60
-  num_heads: [6, 6, 6, 6]
-  mlp_ratio: 2
-  upsampler: pixelshuffledirect
-  resi_connection: 1conv
-""" + _COMMON_BOTTOM.format(lr='2e-4', milestones='[100000, 150000, 175000, 190000]', total_iter=300000),
-    'edsr_l_x4': _COMMON_TOP.format(name='issp_edsr_l_x4') + """network_g:
-  type: EDSR
-  num_in_ch: 3
-  num_out_ch: 3
-  num_feat: 256
-  num_block: 32
-  upscale: 4
-  res_scale: 0.1
-  img_range: 255.
-  rgb_mean: [0.4488, 0.4371, 0.4040]
-""" + _COMMON_BOTTOM.format(lr='1e-4', milestones='[150000, 225000, 262500, 285000]', total_iter=400000),
-}
-
-
 def base_source(prefix, root=ROOT):
-    """(text, where it came from) of a backbone's base: the base file, or the template while it is missing."""
+    """(text, path) of a backbone's base file."""
     base_path = BACKBONES[prefix]
     full = os.path.join(root, base_path)
-    if os.path.isfile(full):
-        with open(full) as handle:
-            return handle.read(), base_path
-    return TEMPLATES[prefix], f'the template in options/methods/generate.py ({base_path} did not exist)'
+    if not os.path.isfile(full):
+        raise SystemExit(f'generate: base file {base_path} does not exist')
+    with open(full) as handle:
+        return handle.read(), base_path
 
 
 def sparsity_block(method, base):
