@@ -14,7 +14,7 @@ import zipfile
 import torch
 from basicsr.utils import check_resume, scandir
 
-from .options import OptionError
+from .errors import OptionError
 
 
 def atomic_save(obj, path):

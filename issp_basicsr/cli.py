@@ -24,11 +24,8 @@ def usage():
 
 def user_errors():
     """Errors that mean bad input: reported as one line, without a traceback."""
-    from .options import OptionError
-    from .deploy.compressed import CompressedFormatError
-    from .sparsity import SparsityConfigError, SparsityStateError
-    return (OptionError, SparsityConfigError, SparsityStateError, CompressedFormatError, FileNotFoundError,
-            yaml.YAMLError)
+    from .errors import InputError
+    return (InputError, FileNotFoundError, yaml.YAMLError)
 
 
 def main(argv=None):

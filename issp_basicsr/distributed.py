@@ -8,7 +8,7 @@ Every function here works in a single process too (a world of one), so callers n
 import torch
 import torch.distributed as dist
 
-from .sparsity import SparsityStateError
+from .errors import SparsityStateError
 
 _MULTIPLIER = 2654435761  # Knuth's multiplicative hash: spreads positions over [1, 2^31 - 1]
 _MODULUS = 2 ** 31 - 1

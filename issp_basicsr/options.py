@@ -7,13 +7,10 @@ import os
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
-from .sparsity import SparsityConfig, SparsityConfigError, check_layers
+from .errors import OptionError, SparsityConfigError
+from .sparsity import SparsityConfig, check_layers
 
 SPARSE_MODELS = ('ISSPSRModel', )
-
-
-class OptionError(ValueError):
-    """A bad option value or a missing input file; the message names the key or the path."""
 
 
 def _check_path(key, path, lmdb):

@@ -13,6 +13,17 @@ from basicsr.utils.matlab_functions import imresize
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` are collected everywhere and skipped where torch sees no CUDA device."""
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason='needs a CUDA GPU (run benchmarks/gpu_check.py on a GPU machine)')
+    for item in items:
+        if 'cuda' in item.keywords:
+            item.add_marker(skip)
+
+
 def _write_pairs(folder, images, scale):
     os.makedirs(os.path.join(folder, 'hr'), exist_ok=True)
     os.makedirs(os.path.join(folder, 'lr'), exist_ok=True)

@@ -13,7 +13,7 @@ Huang et al. archive (the smallest factor, whose HR is the least cropped).
 import os
 import re
 
-from ..options import OptionError
+from ..errors import OptionError
 from .imaging import is_built, list_images, remove_output, require_folder, sorted_scales, stem, write_mod_pairs
 
 # canonical name -> folder names accepted for it (compared case-insensitively)

@@ -18,7 +18,7 @@ import re
 from functools import partial
 from multiprocessing import Pool
 
-from ..options import OptionError
+from ..errors import OptionError
 from .imaging import (bicubic_downscale, is_built, is_image, list_images, mod_crop, read_color, remove_output,
                       require_folder, sorted_scales, stem)
 from .subimages import check_geometry, cut_pair, write_lmdbs

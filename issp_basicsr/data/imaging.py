@@ -15,7 +15,7 @@ from basicsr.utils.lmdb_util import LmdbMaker
 from basicsr.utils.matlab_functions import imresize
 from tqdm import tqdm
 
-from ..options import OptionError
+from ..errors import OptionError
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.ppm', '.webp')
 STAGING = '.incomplete'

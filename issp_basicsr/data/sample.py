@@ -12,7 +12,7 @@ Layout under ``root`` (default ``datasets/sample``)::
 import importlib.util
 import os
 
-from ..options import OptionError
+from ..errors import OptionError
 from .imaging import bicubic_downscale, is_built, mod_crop, read_color, remove_output, stem, write_mod_pairs
 from .subimages import check_geometry, cut_pair, write_lmdbs
 

@@ -7,7 +7,7 @@ first: the same records, half the disk and one pass over the images.
 """
 from tqdm import tqdm
 
-from ..options import OptionError
+from ..errors import OptionError
 from .imaging import StagedLmdb, encode_png, subimage_boxes
 
 

@@ -31,16 +31,14 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from ..errors import CompressedFormatError
+
 FORMAT = 'issp_basicsr.compressed/1'
 PARAM_KEYS = ('params', 'params_ema')
 DEFLATE_MIN_NUMEL = 1024  # smaller dense tensors are stored as they are
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _FLOAT_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16, 'float32': torch.float32,
                  'float64': torch.float64}
-
-
-class CompressedFormatError(ValueError):
-    """A file that is not a readable (compressed or plain) checkpoint; the message names the file."""
 
 
 # ------------------------------------------------------------------------------------------ byte helpers

@@ -219,7 +219,7 @@ def parse_args(argv):
 
 
 def main(argv):
-    from ..options import OptionError
+    from ..errors import OptionError
     from .compressed import load_checkpoint, state_dict_from
     from .network_options import build_network, checkpoint_path, example_input, param_key, read_options
     args = parse_args(argv)

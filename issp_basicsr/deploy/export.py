@@ -63,7 +63,7 @@ def dense_command(args):
 
 
 def onnx_command(args):
-    from ..options import OptionError
+    from ..errors import OptionError
     from .network_options import build_network, checkpoint_path, example_input, param_key, read_options
     from .onnx_export import check_onnx, export_onnx
     if not args.opt:
@@ -91,7 +91,7 @@ def onnx_command(args):
 
 
 def main(argv):
-    from ..options import OptionError
+    from ..errors import OptionError
     args = parse_args(argv)
     if args.onnx:
         if args.half:

@@ -8,7 +8,7 @@ import os
 import torch
 import yaml
 
-from ..options import OptionError
+from ..errors import OptionError
 
 
 def read_options(path):

@@ -2,9 +2,10 @@
 
 Nothing here imports BasicSR; ``issp_basicsr.models`` adapts it to BasicSR's model classes.
 """
-from .config import SparsityConfig, SparsityConfigError, pruned_count
+from ..errors import SparsityConfigError, SparsityStateError
+from .config import SparsityConfig, pruned_count
 from .layers import prunable_layers
-from .sparsifier import Sparsifier, SparsityStateError, build_sparsifier, check_layers
+from .sparsifier import Sparsifier, build_sparsifier, check_layers
 
 __all__ = [
     'SparsityConfig', 'SparsityConfigError', 'SparsityStateError', 'Sparsifier', 'build_sparsifier',

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import Optional, Tuple
 
+from ..errors import SparsityConfigError
+
 OPTION_PREFIX = 'train:sparsity'
 
 # keys every method accepts: the stage boundary, so that every method of a comparison has the same LR schedule
@@ -37,10 +39,6 @@ ALL_KEYS = COMMON_KEYS + tuple(sorted({k for keys in METHOD_KEYS.values() for k 
 
 SCOPES = ('layer', 'global')
 _NM = re.compile(r'^\s*(\d+)\s*:\s*(\d+)\s*$')
-
-
-class SparsityConfigError(ValueError):
-    """A bad value in the sparsity block; the message names the key."""
 
 
 def _is_number(value):

@@ -3,7 +3,8 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
-from .config import OPTION_PREFIX, SparsityConfigError
+from ..errors import SparsityConfigError
+from .config import OPTION_PREFIX
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 

@@ -15,7 +15,8 @@ from fnmatch import fnmatchcase
 
 import torch
 
-from .config import OPTION_PREFIX, SparsityConfigError, pruned_count
+from ..errors import SparsityConfigError
+from .config import OPTION_PREFIX, pruned_count
 from .selection import group_layers
 
 _BITS_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}

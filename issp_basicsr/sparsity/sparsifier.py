@@ -24,7 +24,8 @@ The selection (how many, where, in which layout) is shared by all methods: ``rat
 import torch
 from torch import nn
 
-from .config import OPTION_PREFIX, SparsityConfig, SparsityConfigError
+from ..errors import SparsityConfigError, SparsityStateError
+from .config import OPTION_PREFIX, SparsityConfig
 from .layers import prunable_layers
 from .patterns import build_units, check_nm, layer_overrides
 
@@ -36,10 +37,6 @@ MAGNITUDE_AT_START = ('issr', 'greg', 'l1')  # the set is first chosen from the 
 FROZEN_AT_START = ('l1', 'scratch')  # the mask is fixed before the first iteration
 # keys that must match between a saved state and the options it is resumed with (they decide the masks)
 STATE_KEYS = ('method', 'ratio', 'exclude', 'scope', 'pattern', 'ratios')
-
-
-class SparsityStateError(ValueError):
-    """A saved sparsifier state that does not fit this model or these options."""
 
 
 def _flat_selection(group):
