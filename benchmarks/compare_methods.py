@@ -41,10 +41,8 @@ FULL_BASES = [os.path.join(ROOT, 'options', 'issp_swinir_x4.yml'),
 FULL_BASE = next((path for path in FULL_BASES if os.path.isfile(path)), FULL_BASES[0])
 # keys of the base file's sparsity block that describe the schedule, shared by every method that takes them
 SCHEDULE_KEYS = ('prune_iter', 'interval', 'exclude', 'hold_lr_during_pruning', 'scope', 'pattern', 'ratios')
-METHOD_DEFAULTS = {'issp': {'alpha': 0.95}}
 # The core's penalty defaults (reg_step 1e-4 every 20 iterations, up to 0.5) reach reg_max at iteration 100k, the
 # paper's prune_iter. On a shorter budget the benchmark keeps that shape: reg_max is reached at prune_iter.
-PENALIZED = ('issr', 'greg')
 PATH_KEYS = ('dataroot_gt', 'dataroot_lq', 'meta_info_file')
 
 
@@ -120,33 +118,27 @@ def apply_overrides(opt, overrides):
         set_key(opt, key, yaml.safe_load(text))
 
 
-def applicable_keys(method):
-    """The sparsity keys ``method`` accepts, from the pruning core's own table."""
-    from issp_basicsr.sparsity import config
-    every_method = getattr(config, 'COMMON_KEYS', config.SHARED_KEYS)  # keys that apply to every method
-    return set(every_method) | set(config.METHOD_KEYS.get(method, ()))
-
-
 def sparsity_block(method, ratio, shared_block):
     """The one part that differs between methods: method, ratio, the schedule keys the method takes, and its own
-    keys (from the base block when it has them, else METHOD_DEFAULTS, else the core's defaults)."""
-    from issp_basicsr.sparsity import SparsityConfig
-    from issp_basicsr.sparsity import config
-    keys = applicable_keys(method)
+    keys (from the base block when it has them, else the core's defaults), all read from the method's definition
+    in the core's registry."""
+    from issp_basicsr.sparsity import SparsityConfig, get_method
+    definition = get_method(method)
+    keys = definition.accepted_keys
     block = {'method': method}
     if ratio is not None and 'ratio' in keys:
         block['ratio'] = ratio
     for key in SCHEDULE_KEYS:
         if key in shared_block and key in keys:
             block[key] = copy.deepcopy(shared_block[key])
-    for key in config.METHOD_KEYS.get(method, ()):
-        if key in block or key == 'ratio' or key in SCHEDULE_KEYS:
+    for key in definition.keys:
+        if key in block:
             continue
         if key in shared_block:
             block[key] = copy.deepcopy(shared_block[key])
-        elif key in METHOD_DEFAULTS.get(method, {}):
-            block[key] = METHOD_DEFAULTS[method][key]
-    if method in PENALIZED and not any(k in shared_block for k in ('reg_step', 'reg_interval', 'reg_max')):
+        elif key == 'alpha':  # written out, so the option file says which shrink factor the run used
+            block[key] = SparsityConfig.alpha
+    if definition.penalty and not any(k in shared_block for k in ('reg_step', 'reg_interval', 'reg_max')):
         block.update(penalty_schedule(block.get('prune_iter', SparsityConfig.prune_iter)))
     SparsityConfig.from_dict(block)  # fail here, naming the key, rather than in the middle of the grid
     return block

@@ -1,17 +1,13 @@
 """issp-basicsr: sparse super-resolution networks trained from scratch with ISS-P, inside BasicSR.
 
-Importing the package makes BasicSR 1.4.2 work on today's PyTorch (``compat``) and registers ``ISSPSRModel`` in
-BasicSR's MODEL_REGISTRY. The pruning core, ``issp_basicsr.sparsity``, needs only PyTorch: where BasicSR is not
-installed the registration is skipped and the core still imports.
+``import issp_basicsr`` only installs an import hook (``bootstrap``): the moment BasicSR is imported, BasicSR 1.4.2
+is fixed for today's PyTorch (``compat``) and ``ISSPSRModel`` (and the sparse variants of every other model type)
+is registered in BasicSR's registries. The pruning core, ``issp_basicsr.sparsity``, needs only PyTorch and imports
+without BasicSR.
 """
-import importlib.util
-
+from . import bootstrap
 from .version import __version__
 
-if importlib.util.find_spec('basicsr') is not None:
-    from . import compat
-
-    compat.apply()
-    from . import models  # noqa: F401  (registers the model classes)
+bootstrap.install()
 
 __all__ = ['__version__']

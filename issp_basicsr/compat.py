@@ -1,7 +1,10 @@
-"""Fixes that make BasicSR 1.4.2 (the last release, 2022) run on today's PyTorch. Applied by ``import issp_basicsr``.
+"""Fixes that make BasicSR 1.4.2 (the last release, 2022) run on today's PyTorch.
+
+Applied by ``bootstrap`` when BasicSR is imported.
 
 1. ``basicsr.data.degradations`` imports ``torchvision.transforms.functional_tensor``, removed in torchvision 0.17:
-   the module is aliased to its private successor before BasicSR is imported.
+   ``bootstrap``'s import finder serves it as an alias of its private successor (it must be in place before
+   BasicSR is imported, so it cannot wait for :func:`apply`).
 2. ``basicsr.train.load_resume_state`` maps the state to ``torch.cuda.current_device()``, so resume fails without
    a GPU: :func:`load_resume_state` maps it to the device the run uses and loads with ``weights_only=True``
    (for BasicSR's own pipeline; ``basicsr train`` uses the crash-aware ``checkpoint.load_resume_state``).
@@ -14,25 +17,13 @@
 
 This module imports nothing else of issp_basicsr: everything else sits above it.
 """
-import importlib
 import os
 import subprocess
-import sys
 
 import torch
 import torch.distributed as dist
 
 _applied = False
-
-
-def alias_functional_tensor():
-    name = 'torchvision.transforms.functional_tensor'
-    if name in sys.modules:
-        return
-    try:
-        importlib.import_module(name)
-    except ModuleNotFoundError:
-        sys.modules[name] = importlib.import_module('torchvision.transforms._functional_tensor')
 
 
 def default_backend():
@@ -120,7 +111,6 @@ def apply():
     global _applied
     if _applied:
         return
-    alias_functional_tensor()
     import basicsr.models.base_model
     import basicsr.train
     import basicsr.utils.dist_util

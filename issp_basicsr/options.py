@@ -7,10 +7,11 @@ import os
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
-from .errors import OptionError, SparsityConfigError
+from .errors import OptionError, SparsityConfigError, keys_under
 from .sparsity import SparsityConfig, check_layers
 
 SPARSE_MODELS = ('ISSPSRModel', )
+SPARSITY_KEY = 'train:sparsity'  # where the block sits in a BasicSR option file: the prefix of its error messages
 
 
 def _check_path(key, path, lmdb):
@@ -80,12 +81,13 @@ def check_sparsity(opt):
         raise OptionError(f'train:total_iter must be an integer >= 1, got {total_iter!r}')
     if train_opt.get('sparsity') is None:
         raise SparsityConfigError(f'train:sparsity is required by model_type {opt["model_type"]}')
-    config = SparsityConfig.from_dict(train_opt['sparsity'], total_iter)
-    net_opt = dict(opt['network_g'])
-    # ARCH_REGISTRY directly, not build_network: its log call would set up BasicSR's logger before the log file.
-    with torch.random.fork_rng(devices=[]):
-        net = ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt)
-    check_layers(net, config)
+    with keys_under(SPARSITY_KEY):
+        config = SparsityConfig.from_dict(train_opt['sparsity'], total_iter)
+        net_opt = dict(opt['network_g'])
+        # ARCH_REGISTRY directly, not build_network: its log call would set up BasicSR's logger before the log file.
+        with torch.random.fork_rng(devices=[]):
+            net = ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt)
+        check_layers(net, config)
     return config
 
 

@@ -9,9 +9,16 @@ import sys
 import pytest
 import torch
 import yaml
+from reference_selection import nm_smallest, smallest
 from torch import nn
 
-from issp_basicsr.sparsity import SparsityConfig, SparsityConfigError, SparsityStateError, build_sparsifier, pruned_count
+from issp_basicsr.sparsity import (
+    SparsityConfig,
+    SparsityConfigError,
+    SparsityStateError,
+    build_sparsifier,
+    pruned_count,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -41,14 +48,6 @@ def make_net(seed=0):
 
 def weights(model):
     return {name: model.get_submodule(name).weight.detach().clone() for name in LAYERS}
-
-
-def smallest(weight, count):
-    """Reference: the ``count`` smallest |w|, ties to the lower flat position (stable sort)."""
-    flat = weight.reshape(-1).abs()
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    mask[torch.sort(flat, stable=True).indices[:count]] = True
-    return mask.view_as(weight)
 
 
 def run(model, sparsifier, iters, lr=0.0, zero_loss=False, start=1, optimizer=None):
@@ -270,7 +269,7 @@ def test_per_layer_ratios_first_matching_pattern_wins():
     counts = {n: int(m.sum()) for n, m in sparsifier.masks().items()}
     assert counts == {'first': pruned_count(0.5, 216), 'conv': pruned_count(0.9, 576), 'body.0': pruned_count(0.6, 128),
                       'body.2': pruned_count(0.6, 128), 'last': pruned_count(0.9, 32)}
-    with pytest.raises(SparsityConfigError, match="train:sparsity:ratios pattern 'tail' matches no pruned layer of Net"):
+    with pytest.raises(SparsityConfigError, match="ratios pattern 'tail' matches no pruned layer of Net"):
         build_sparsifier(make_net(), method='l1', ratios={'tail': 0.5})
     with pytest.raises(SparsityConfigError, match="ratios pattern 'first' matches no pruned layer"):
         build_sparsifier(make_net(), method='l1', exclude=['first'], ratios={'first': 0.5})
@@ -280,17 +279,6 @@ def nm_groups(mask):
     """Groups of 4 consecutive weights along the input dimension: Linear rows, Conv2d per (out, kh, kw)."""
     grouped = mask if mask.dim() == 2 else mask.permute(0, 2, 3, 1)
     return grouped.reshape(-1, 4)
-
-
-def nm_reference(weight, n):
-    """Per group of 4 along the inputs, the n smallest |w| (stable), in the weight's layout."""
-    grouped = (weight if weight.dim() == 2 else weight.permute(0, 2, 3, 1)).abs().reshape(-1, 4)
-    mask = torch.zeros_like(grouped, dtype=torch.bool)
-    mask.scatter_(1, torch.sort(grouped, dim=1, stable=True).indices[:, :n], True)
-    if weight.dim() == 2:
-        return mask.view_as(weight)
-    out, cin, kh, kw = weight.shape
-    return mask.view(out, kh, kw, cin).permute(0, 3, 1, 2)
 
 
 @pytest.mark.parametrize('scope', ['layer', 'global'])
@@ -303,7 +291,7 @@ def test_n_m_pattern_at_its_own_ratio_is_exactly_n_per_group_along_the_inputs(sc
     for name in LAYERS[1:]:
         mask = sparsifier.masks()[name]
         assert torch.equal(nm_groups(mask).sum(1), torch.full((mask.numel() // 4, ), 2))
-        assert torch.equal(mask, nm_reference(before[name], 2))
+        assert torch.equal(mask, nm_smallest(before[name], 2))
         assert torch.equal(model.get_submodule(name).weight.detach() == 0, mask)
 
 
@@ -316,12 +304,12 @@ def test_n_m_pattern_above_its_ratio_keeps_n_per_group_and_the_exact_count(scope
     total = 0
     for name in LAYERS[1:]:
         assert (nm_groups(masks[name]).sum(1) >= 1).all()
-        assert torch.equal(masks[name] & nm_reference(before[name], 1), nm_reference(before[name], 1))
+        assert torch.equal(masks[name] & nm_smallest(before[name], 1), nm_smallest(before[name], 1))
         total += int(masks[name].sum())
         if scope == 'layer':
             assert int(masks[name].sum()) == pruned_count(0.8, masks[name].numel())
             # beyond the forced one per group, the smallest of the rest by magnitude
-            rest = before[name].abs().masked_fill(nm_reference(before[name], 1), -1).reshape(-1)
+            rest = before[name].abs().masked_fill(nm_smallest(before[name], 1), -1).reshape(-1)
             expected = torch.zeros_like(rest, dtype=torch.bool)
             expected[torch.sort(rest, stable=True).indices[:pruned_count(0.8, rest.numel())]] = True
             assert torch.equal(masks[name], expected.view_as(masks[name]))
@@ -333,7 +321,7 @@ def test_n_m_pattern_above_its_ratio_keeps_n_per_group_and_the_exact_count(scope
 def test_n_m_pattern_rejects_a_layer_whose_inputs_are_not_a_multiple_of_m():
     with pytest.raises(SparsityConfigError) as error:
         build_sparsifier(make_net(), method='issp', pattern='2:4')
-    assert str(error.value) == ('train:sparsity:pattern 2:4: layer first has input size 3, not a multiple of 4 '
+    assert str(error.value) == ('pattern 2:4: layer first has input size 3, not a multiple of 4 '
                                 '(add it to exclude)')
 
 
@@ -371,36 +359,36 @@ def test_resume_keeps_the_penalty_and_refuses_another_seed():
     resumed.load_state_dict(sparsifier.state_dict())
     assert resumed.penalty == pytest.approx(0.1) and resumed.statistics()['sparsity/penalty'] == pytest.approx(0.1)
     state = build_sparsifier(make_net(), method='scratch', seed=1).state_dict()
-    with pytest.raises(SparsityStateError, match='train:sparsity:seed is 2 but the saved state was trained with 1'):
+    with pytest.raises(SparsityStateError, match='seed is 2 but the saved state was trained with 1'):
         build_sparsifier(make_net(), method='scratch', seed=2).load_state_dict(state)
     state = build_sparsifier(make_net(), method='l1', scope='global').state_dict()
-    with pytest.raises(SparsityStateError, match="train:sparsity:scope is 'layer' but the saved state was trained "
+    with pytest.raises(SparsityStateError, match="scope is 'layer' but the saved state was trained "
                        "with 'global'"):
         build_sparsifier(make_net(), method='l1').load_state_dict(state)
 
 
 # --------------------------------------------------------------------------------------------- option keys
 @pytest.mark.parametrize('block,message', [
-    (dict(method='iht', alpha=0.9), "train:sparsity:alpha does not apply to method 'iht'"),
-    (dict(method='issp', reg_step=0.1), "train:sparsity:reg_step does not apply to method 'issp'"),
-    (dict(method='greg', interval=2), "train:sparsity:interval does not apply to method 'greg'"),
-    (dict(method='l1', interval=2), "train:sparsity:interval does not apply to method 'l1'"),
-    (dict(method='l1', seed=1), "train:sparsity:seed does not apply to method 'l1'"),
-    (dict(method='scratch', alpha=0.9), "train:sparsity:alpha does not apply to method 'scratch'"),
-    (dict(method='dense', ratio=0.9), "train:sparsity:ratio does not apply to method 'dense'"),
-    (dict(method='dense', scope='global'), "train:sparsity:scope does not apply to method 'dense'"),
-    (dict(method='issr', reg_stpe=0.1), 'train:sparsity:reg_stpe is not a known key'),
-    (dict(method='issr', reg_step=0), 'train:sparsity:reg_step must be a number > 0, got 0'),
-    (dict(method='greg', reg_interval=0.5), 'train:sparsity:reg_interval must be an integer >= 1, got 0.5'),
-    (dict(method='issr', reg_step=0.2, reg_max=0.1), 'train:sparsity:reg_max (0.1) is below reg_step (0.2)'),
-    (dict(method='scratch', seed=-1), 'train:sparsity:seed must be an integer >= 0, got -1'),
-    (dict(scope='model'), "train:sparsity:scope must be layer or global, got 'model'"),
-    (dict(pattern='4:2'), "train:sparsity:pattern must be unstructured or \"N:M\" with 1 <= N < M, got '4:2'"),
+    (dict(method='iht', alpha=0.9), "alpha does not apply to method 'iht'"),
+    (dict(method='issp', reg_step=0.1), "reg_step does not apply to method 'issp'"),
+    (dict(method='greg', interval=2), "interval does not apply to method 'greg'"),
+    (dict(method='l1', interval=2), "interval does not apply to method 'l1'"),
+    (dict(method='l1', seed=1), "seed does not apply to method 'l1'"),
+    (dict(method='scratch', alpha=0.9), "alpha does not apply to method 'scratch'"),
+    (dict(method='dense', ratio=0.9), "ratio does not apply to method 'dense'"),
+    (dict(method='dense', scope='global'), "scope does not apply to method 'dense'"),
+    (dict(method='issr', reg_stpe=0.1), 'reg_stpe is not a known key'),
+    (dict(method='issr', reg_step=0), 'reg_step must be a number > 0, got 0'),
+    (dict(method='greg', reg_interval=0.5), 'reg_interval must be an integer >= 1, got 0.5'),
+    (dict(method='issr', reg_step=0.2, reg_max=0.1), 'reg_max (0.1) is below reg_step (0.2)'),
+    (dict(method='scratch', seed=-1), 'seed must be an integer >= 0, got -1'),
+    (dict(scope='model'), "scope must be layer or global, got 'model'"),
+    (dict(pattern='4:2'), "pattern must be unstructured or \"N:M\" with 1 <= N < M, got '4:2'"),
     (dict(pattern=124), 'quote it: YAML reads an unquoted N:M as a base-60 number'),
-    (dict(pattern='2:4', ratio=0.4), 'train:sparsity:ratio (0.4) is below the 2/4 that pattern 2:4 removes'),
-    (dict(pattern='2:4', ratio=0.9, ratios={'conv': 0.25}), 'train:sparsity:ratios:conv (0.25) is below the 2/4'),
-    (dict(ratios={'conv': 1.5}), 'train:sparsity:ratios:conv must be a number with 0 < ratios:conv < 1'),
-    (dict(ratios=['conv']), 'train:sparsity:ratios must be a mapping of module-name patterns to ratios'),
+    (dict(pattern='2:4', ratio=0.4), 'ratio (0.4) is below the 2/4 that pattern 2:4 removes'),
+    (dict(pattern='2:4', ratio=0.9, ratios={'conv': 0.25}), 'ratios:conv (0.25) is below the 2/4'),
+    (dict(ratios={'conv': 1.5}), 'ratios:conv must be a number with 0 < ratios:conv < 1'),
+    (dict(ratios=['conv']), 'ratios must be a mapping of module-name patterns to ratios'),
 ])
 def test_method_keys_are_validated_by_name(block, message):
     with pytest.raises(SparsityConfigError) as error:
@@ -523,7 +511,8 @@ def test_basicsr_train_runs_the_method_and_saves_a_checkpoint(tiny_pairs, tmp_pa
 # ------------------------------------------------------------------------------------------------ option files
 def load_generator():
     import importlib.util
-    spec = importlib.util.spec_from_file_location('generate_method_options', ROOT / 'options' / 'methods' / 'generate.py')
+    generator = ROOT / 'options' / 'methods' / 'generate.py'
+    spec = importlib.util.spec_from_file_location('generate_method_options', generator)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -579,6 +568,7 @@ def test_swinir_method_option_files_pass_the_option_checks():
 
 def test_rcan_option_file_is_the_edsr_l_one_with_basicsr_rcan():
     from basicsr.archs.rcan_arch import RCAN
+
     from issp_basicsr.sparsity import check_layers
     generator = load_generator()
     opt = load_option('options/methods/rcan_x4_issp.yml')

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from reference_selection import smallest
 from torch import nn
 
 from issp_basicsr.sparsity.config import pruned_count
@@ -10,14 +11,8 @@ from issp_basicsr.sparsity.selection import group_layers
 
 
 def reference(weights, k):
-    """Brute force: stable sort of |w| per layer, so ties go to the lower flat position; True = k smallest."""
-    rows = []
-    for weight in weights:
-        flat = weight.detach().reshape(-1).abs()
-        mask = torch.zeros(flat.numel(), dtype=torch.bool)
-        mask[torch.sort(flat, stable=True).indices[:k]] = True
-        rows.append(mask)
-    return torch.stack(rows)
+    """The brute-force selection of every layer, one row each."""
+    return torch.stack([smallest(weight, k).reshape(-1) for weight in weights])
 
 
 def make_group(shapes, k, dtype=torch.float32, seed=0, values=None):

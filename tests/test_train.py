@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
+from basicsr.archs.swinir_arch import SwinIR
 from conftest import eval_options, tiny_options, write_options
 
-from basicsr.archs.swinir_arch import SwinIR
 from issp_basicsr import cli
 from issp_basicsr.sparsity import pruned_count
 
@@ -100,7 +100,7 @@ def _resume_from(trained, tmp_path, keep_iter):
     os.remove(exp / 'models' / 'net_g_latest.pth')
     result = run(['train', '-opt', str(copy_dir / 'train.yml'), '--auto_resume'], copy_dir)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f'Resuming training from epoch' in train_log(copy_dir, 'tiny_issp')
+    assert 'Resuming training from epoch' in train_log(copy_dir, 'tiny_issp')
     resumed = torch.load(exp / 'models' / 'net_g_latest.pth', weights_only=True)['params']
     state = torch.load(exp / 'training_states' / '30.state', weights_only=True)['sparsifier']
     return resumed, state
@@ -127,8 +127,10 @@ def test_resume_before_the_freeze_keeps_shrinking(trained, tmp_path):
     (lambda o: o['train']['sparsity'].update(shrink=0.5), 'train:sparsity:shrink is not a known key'),
     (lambda o: o['train']['sparsity'].update(ratio=1.5), 'train:sparsity:ratio must be a number with 0 < ratio < 1'),
     (lambda o: o['train']['sparsity'].update(exclude=['nope.*']), "exclude pattern 'nope.*' matches no module"),
-    (lambda o: o['train']['sparsity'].update(prune_iter=31), 'train:sparsity:prune_iter (31) is past train:total_iter (30)'),
-    (lambda o: o['datasets']['train'].update(dataroot_gt='/no/such/dir'), 'datasets:train:dataroot_gt: /no/such/dir does not exist'),
+    (lambda o: o['train']['sparsity'].update(prune_iter=31),
+     'train:sparsity:prune_iter (31) is past the total_iter (30) of the run'),
+    (lambda o: o['datasets']['train'].update(dataroot_gt='/no/such/dir'),
+     'datasets:train:dataroot_gt: /no/such/dir does not exist'),
     (lambda o: o.update(model_type='NoSuchModel'), "model_type: 'NoSuchModel' is not a registered BasicSR model"),
     (lambda o: o['train'].pop('sparsity'), 'train:sparsity is required by model_type ISSPSRModel'),
 ])

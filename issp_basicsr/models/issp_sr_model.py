@@ -19,7 +19,9 @@ from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
 from ..checkpoint import atomic_save, load_network_state, read_network
 from ..distributed import check_masks_agree, mean_across_ranks
-from ..sparsity import Sparsifier, SparsityConfig, SparsityStateError
+from ..errors import SparsityStateError, keys_under
+from ..options import SPARSITY_KEY
+from ..sparsity import Sparsifier, SparsityConfig
 
 
 @MODEL_REGISTRY.register()
@@ -36,16 +38,19 @@ class ISSPSRModel(SRModel):
     # --------------------------------------------------------------------------------------- training
     def init_training_settings(self):
         train_opt = self.opt['train']
-        self.sparsity_config = SparsityConfig.from_dict(train_opt.get('sparsity'), train_opt.get('total_iter'))
+        with keys_under(SPARSITY_KEY):
+            self.sparsity_config = SparsityConfig.from_dict(train_opt.get('sparsity'), train_opt.get('total_iter'))
+        method = self.sparsity_config.method_definition
         resuming = bool(self.opt['path'].get('resume_state'))
-        if self.sparsity_config.method == 'scratch':
+        if method.scores == 'random':
             self.sparsity_config = replace(self.sparsity_config, seed=self._scratch_seed())
-            if not resuming:
-                self._reinitialize_net_g(self.sparsity_config.seed)
-        self.sparsifier = Sparsifier(self.get_bare_model(self.net_g), self.sparsity_config)
+        if method.reinitialize and not resuming:
+            self._reinitialize_net_g(self.sparsity_config.seed)
+        with keys_under(SPARSITY_KEY):
+            self.sparsifier = Sparsifier(self.get_bare_model(self.net_g), self.sparsity_config)
         super().init_training_settings()
         if self.ema_decay > 0 and not resuming:  # the EMA starts from the re-initialised, masked weights
-            if self.sparsity_config.method == 'scratch':
+            if method.reinitialize:
                 self.model_ema(0)
             self.sparsifier.apply_masks(self.net_g_ema)
         # issr/greg add their penalty's gradient right before optimizer.step(); the pruning step runs right
@@ -154,7 +159,8 @@ class ISSPSRModel(SRModel):
         if 'sparsifier' not in resume_state:
             raise SparsityStateError(f'{self.opt["path"].get("resume_state")}: training state has no sparsifier '
                                      'state (it was not saved by ISSPSRModel)')
-        self.sparsifier.load_state_dict(resume_state['sparsifier'])
+        with keys_under(SPARSITY_KEY):
+            self.sparsifier.load_state_dict(resume_state['sparsifier'])
         if self.ema_decay > 0:
             self.sparsifier.apply_masks(self.net_g_ema)
         check_masks_agree(self.sparsifier, f'after resuming from iteration {resume_state["iter"]}')

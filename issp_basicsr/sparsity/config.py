@@ -1,11 +1,13 @@
-"""The ``train: sparsity:`` option block: its keys, their defaults and their validation.
+"""The sparsity options: their keys, their defaults and their validation.
 
-The keys are a public contract shared by the YAML block and :func:`build_sparsifier`, so both go through
-:meth:`SparsityConfig.from_dict`, which rejects anything it does not know with a message naming the key.
+The keys are a public contract shared by BasicSR's ``train: sparsity:`` block and :func:`build_sparsifier`, so
+both go through :meth:`SparsityConfig.from_dict`, which rejects anything it does not know with a message that
+starts with the key (``ratio must be ...``); the BasicSR adapter puts ``train:sparsity:`` in front.
 
-Every method gets the same stage keys (``prune_iter``, ``hold_lr_during_pruning``), so that all runs of a
-comparison share one learning-rate schedule; the selection keys are shared by every method that prunes, and a
-few keys belong to one method only (``METHOD_KEYS``). A key that does not apply to the chosen method is an error.
+Which keys a method takes comes from its definition in ``methods.py``: every method gets the stage keys
+(``prune_iter``, ``hold_lr_during_pruning``), so that all runs of a comparison share one learning-rate schedule;
+every pruning method the selection keys; a few keys belong to some methods only. A key that does not apply to
+the chosen method is an error.
 """
 import math
 import re
@@ -14,28 +16,7 @@ from fractions import Fraction
 from typing import Optional, Tuple
 
 from ..errors import SparsityConfigError
-
-OPTION_PREFIX = 'train:sparsity'
-
-# keys every method accepts: the stage boundary, so that every method of a comparison has the same LR schedule
-COMMON_KEYS = ('method', 'prune_iter', 'hold_lr_during_pruning')
-# keys every pruning method accepts: how many weights are removed, where, and in which layout
-SELECTION_KEYS = ('ratio', 'exclude', 'scope', 'pattern', 'ratios')
-_REG_KEYS = ('reg_step', 'reg_interval', 'reg_max')
-
-# method -> the keys it accepts beyond COMMON_KEYS
-METHOD_KEYS = {
-    'issp': SELECTION_KEYS + ('alpha', 'interval'),
-    'iht': SELECTION_KEYS + ('interval', ),
-    'issr': SELECTION_KEYS + ('interval', ) + _REG_KEYS,
-    'greg': SELECTION_KEYS + _REG_KEYS,
-    'l1': SELECTION_KEYS,
-    'scratch': SELECTION_KEYS + ('seed', ),
-    'dense': (),
-}
-# kept for callers of the first version: keys not tied to one method
-SHARED_KEYS = COMMON_KEYS + SELECTION_KEYS + ('interval', )
-ALL_KEYS = COMMON_KEYS + tuple(sorted({k for keys in METHOD_KEYS.values() for k in keys}))
+from .methods import METHODS, PruningMethod, all_keys, get_method
 
 SCOPES = ('layer', 'global')
 _NM = re.compile(r'^\s*(\d+)\s*:\s*(\d+)\s*$')
@@ -51,19 +32,19 @@ def _is_int(value):
 
 def _open_unit(key, value):
     if not _is_number(value) or not 0 < value < 1:
-        raise SparsityConfigError(f'{OPTION_PREFIX}:{key} must be a number with 0 < {key} < 1, got {value!r}')
+        raise SparsityConfigError(f'{key} must be a number with 0 < {key} < 1, got {value!r}', key)
     return float(value)
 
 
 def _positive_int(key, value):
     if not _is_int(value) or value < 1:
-        raise SparsityConfigError(f'{OPTION_PREFIX}:{key} must be an integer >= 1, got {value!r}')
+        raise SparsityConfigError(f'{key} must be an integer >= 1, got {value!r}', key)
     return value
 
 
 def _positive_number(key, value):
     if not _is_number(value) or not 0 < value < math.inf:
-        raise SparsityConfigError(f'{OPTION_PREFIX}:{key} must be a number > 0, got {value!r}')
+        raise SparsityConfigError(f'{key} must be a number > 0, got {value!r}', key)
     return float(value)
 
 
@@ -77,21 +58,36 @@ def parse_pattern(value):
     if value == 'unstructured':
         return None
     match = _NM.match(value) if isinstance(value, str) else None
+    expected = f'pattern must be unstructured or "N:M" with 1 <= N < M, got {value!r}'
     if match is None:
         hint = ''
         if _is_int(value):  # YAML 1.1 reads an unquoted 2:4 as the base-60 number 124
             hint = ' (quote it: YAML reads an unquoted N:M as a base-60 number)'
-        raise SparsityConfigError(f'{OPTION_PREFIX}:pattern must be unstructured or "N:M" with 1 <= N < M, '
-                                  f'got {value!r}{hint}')
+        raise SparsityConfigError(expected + hint, 'pattern')
     n, m = int(match.group(1)), int(match.group(2))
     if not 1 <= n < m:
-        raise SparsityConfigError(f'{OPTION_PREFIX}:pattern must be unstructured or "N:M" with 1 <= N < M, '
-                                  f'got {value!r}')
+        raise SparsityConfigError(expected, 'pattern')
     return n, m
 
 
 @dataclass(frozen=True)
 class SparsityConfig:
+    """The validated sparsity options (see the docs' key reference for each key's meaning).
+
+    Args:
+        method: a name registered in ``methods.py`` (issp, iht, issr, greg, l1, scratch, dense).
+        ratio: fraction of each pruned layer's weights removed, 0 < ratio < 1 (``ceil(ratio * n)`` per layer).
+        alpha: issp's shrink factor for the unimportant weights, 0 < alpha < 1.
+        prune_iter: K_p, the 1-based iteration at which the mask freezes.
+        interval: re-select (and shrink) every ``interval`` iterations of the pruning stage.
+        exclude: fnmatch patterns of module names left dense.
+        hold_lr_during_pruning: the learning rate is held until ``prune_iter`` (applied by the training loop).
+        scope: ``layer`` (a count per layer) or ``global`` (one threshold over all layers).
+        pattern: ``unstructured`` or ``"N:M"`` (at least N of every M weights along the input channels).
+        ratios: ``((pattern, ratio), ...)`` per-layer overrides of ``ratio``, first match wins.
+        reg_step, reg_interval, reg_max: the growing L2 penalty of issr/greg.
+        seed: scratch's mask seed (None: the caller fills it in, 0 if none does).
+    """
     method: str = 'issp'
     ratio: float = 0.95
     alpha: float = 0.95
@@ -109,20 +105,26 @@ class SparsityConfig:
 
     @classmethod
     def from_dict(cls, block: Optional[dict], total_iter: Optional[int] = None) -> 'SparsityConfig':
-        """Validate a sparsity block (a dict as read from YAML) and return the config it describes."""
+        """Validate a sparsity block (a dict as read from YAML) and return the config it describes.
+
+        Args:
+            block: the keys and values; None or ``{}`` gives the defaults.
+            total_iter: the run's length, when known, so that a ``prune_iter`` past it is refused.
+        """
         if block is None:
             block = {}
         if not isinstance(block, dict):
-            raise SparsityConfigError(f'{OPTION_PREFIX} must be a mapping of keys to values, got {block!r}')
+            raise SparsityConfigError(f'the sparsity options must be a mapping of keys to values, got {block!r}')
         block = dict(block)
         method = block.get('method', cls.method)
-        if method not in METHOD_KEYS:
-            raise SparsityConfigError(f'{OPTION_PREFIX}:method must be one of {", ".join(METHOD_KEYS)}, got {method!r}')
+        if method not in METHODS:
+            raise SparsityConfigError(f'method must be one of {", ".join(METHODS)}, got {method!r}', 'method')
+        accepted = get_method(method).accepted_keys
         for key in block:
-            if key not in ALL_KEYS:
-                raise SparsityConfigError(f'{OPTION_PREFIX}:{key} is not a known key (known: {", ".join(ALL_KEYS)})')
-            if key not in COMMON_KEYS and key not in METHOD_KEYS[method]:
-                raise SparsityConfigError(f'{OPTION_PREFIX}:{key} does not apply to method {method!r}')
+            if key not in all_keys():
+                raise SparsityConfigError(f'{key} is not a known key (known: {", ".join(all_keys())})', key)
+            if key not in accepted:
+                raise SparsityConfigError(f'{key} does not apply to method {method!r}', key)
 
         values = {'method': method}
         for key in ('ratio', 'alpha'):
@@ -137,17 +139,17 @@ class SparsityConfig:
         if 'exclude' in block:
             exclude = block['exclude'] if block['exclude'] is not None else []
             if isinstance(exclude, str) or not all(isinstance(p, str) and p for p in exclude):
-                raise SparsityConfigError(f'{OPTION_PREFIX}:exclude must be a list of module-name patterns, '
-                                          f'got {block["exclude"]!r}')
+                raise SparsityConfigError(f'exclude must be a list of module-name patterns, got {block["exclude"]!r}',
+                                          'exclude')
             values['exclude'] = tuple(exclude)
         if 'hold_lr_during_pruning' in block:
             if not isinstance(block['hold_lr_during_pruning'], bool):
-                raise SparsityConfigError(f'{OPTION_PREFIX}:hold_lr_during_pruning must be true or false, '
-                                          f'got {block["hold_lr_during_pruning"]!r}')
+                raise SparsityConfigError('hold_lr_during_pruning must be true or false, got '
+                                          f'{block["hold_lr_during_pruning"]!r}', 'hold_lr_during_pruning')
             values['hold_lr_during_pruning'] = block['hold_lr_during_pruning']
         if 'scope' in block:
             if block['scope'] not in SCOPES:
-                raise SparsityConfigError(f'{OPTION_PREFIX}:scope must be layer or global, got {block["scope"]!r}')
+                raise SparsityConfigError(f'scope must be layer or global, got {block["scope"]!r}', 'scope')
             values['scope'] = block['scope']
         if 'pattern' in block:
             nm = parse_pattern(block['pattern'])
@@ -155,12 +157,12 @@ class SparsityConfig:
         if 'ratios' in block:
             ratios = block['ratios'] if block['ratios'] is not None else {}
             if not isinstance(ratios, dict) or not all(isinstance(p, str) and p for p in ratios):
-                raise SparsityConfigError(f'{OPTION_PREFIX}:ratios must be a mapping of module-name patterns to '
-                                          f'ratios, got {block["ratios"]!r}')
+                raise SparsityConfigError('ratios must be a mapping of module-name patterns to ratios, got '
+                                          f'{block["ratios"]!r}', 'ratios')
             values['ratios'] = tuple((p, _open_unit(f'ratios:{p}', r)) for p, r in ratios.items())
         if 'seed' in block and block['seed'] is not None:
             if not _is_int(block['seed']) or block['seed'] < 0:
-                raise SparsityConfigError(f'{OPTION_PREFIX}:seed must be an integer >= 0, got {block["seed"]!r}')
+                raise SparsityConfigError(f'seed must be an integer >= 0, got {block["seed"]!r}', 'seed')
             values['seed'] = block['seed']
         config = cls(**values)
         config._check_combinations(total_iter)
@@ -168,16 +170,21 @@ class SparsityConfig:
 
     def _check_combinations(self, total_iter):
         if total_iter is not None and self.prune_iter > total_iter:
-            raise SparsityConfigError(f'{OPTION_PREFIX}:prune_iter ({self.prune_iter}) is past '
-                                      f'train:total_iter ({total_iter})')
+            raise SparsityConfigError(f'prune_iter ({self.prune_iter}) is past the total_iter ({total_iter}) of '
+                                      'the run', 'prune_iter')
         if self.reg_max < self.reg_step:
-            raise SparsityConfigError(f'{OPTION_PREFIX}:reg_max ({self.reg_max}) is below reg_step ({self.reg_step})')
+            raise SparsityConfigError(f'reg_max ({self.reg_max}) is below reg_step ({self.reg_step})', 'reg_max')
         if self.nm is not None:
             n, m = self.nm
             for key, ratio in (('ratio', self.ratio), ) + tuple((f'ratios:{p}', r) for p, r in self.ratios):
                 if Fraction(repr(ratio)) < Fraction(n, m):
-                    raise SparsityConfigError(f'{OPTION_PREFIX}:{key} ({ratio}) is below the {n}/{m} that pattern '
-                                              f'{self.pattern} removes at least')
+                    raise SparsityConfigError(f'{key} ({ratio}) is below the {n}/{m} that pattern {self.pattern} '
+                                              'removes at least', key)
+
+    @property
+    def method_definition(self) -> PruningMethod:
+        """The registered definition of ``method``."""
+        return get_method(self.method)
 
     @property
     def nm(self) -> Optional[Tuple[int, int]]:
@@ -187,12 +194,12 @@ class SparsityConfig:
     @property
     def prunes(self) -> bool:
         """False for ``dense``: the reference run with the same model class and schedule, and no pruning."""
-        return self.method != 'dense'
+        return self.method_definition.prunes
 
     @property
     def shrink_factor(self) -> Optional[float]:
         """What an unimportant weight is multiplied by at a shrink step: alpha (ISS-P), 0 (IHT), None (others)."""
-        return {'issp': self.alpha, 'iht': 0.0}.get(self.method)
+        return self.method_definition.shrink_factor(self)
 
     def penalty_at(self, current_iter: int) -> float:
         """The L2 coefficient of ``issr``/``greg`` at an iteration: reg_step more every reg_interval, up to reg_max."""

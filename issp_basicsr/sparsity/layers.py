@@ -4,12 +4,12 @@ from fnmatch import fnmatchcase
 from torch import nn
 
 from ..errors import SparsityConfigError
-from .config import OPTION_PREFIX
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 
 
-def _ancestors(name):
+def ancestors(name):
+    """``'a.b.c'`` -> ``['a', 'a.b', 'a.b.c']``: a pattern naming any of them names the module."""
     parts = name.split('.')
     return ['.'.join(parts[:i]) for i in range(1, len(parts) + 1)]
 
@@ -24,16 +24,16 @@ def prunable_layers(model: nn.Module, exclude=()):
     names = [name for name, _ in model.named_modules() if name]
     for pattern in exclude:
         if not any(fnmatchcase(name, pattern) for name in names):
-            raise SparsityConfigError(f'{OPTION_PREFIX}:exclude pattern {pattern!r} matches no module of '
-                                      f'{type(model).__name__}')
+            raise SparsityConfigError(f'exclude pattern {pattern!r} matches no module of {type(model).__name__}',
+                                      'exclude')
     layers = []
     for name, module in model.named_modules():
         if not isinstance(module, PRUNABLE_TYPES) or module.weight is None:
             continue
-        if any(fnmatchcase(part, pattern) for part in _ancestors(name) for pattern in exclude):
+        if any(fnmatchcase(part, pattern) for part in ancestors(name) for pattern in exclude):
             continue
         layers.append((name, module))
     if not layers:
-        raise SparsityConfigError(f'{OPTION_PREFIX}: {type(model).__name__} has no Conv2d or Linear layer left to '
-                                  'prune (check exclude)')
+        raise SparsityConfigError(f'exclude leaves no Conv2d or Linear layer of {type(model).__name__} to prune',
+                                  'exclude')
     return layers

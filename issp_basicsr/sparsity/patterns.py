@@ -16,15 +16,9 @@ from fnmatch import fnmatchcase
 import torch
 
 from ..errors import SparsityConfigError
-from .config import OPTION_PREFIX, pruned_count
-from .selection import group_layers
-
-_BITS_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
-
-
-def ancestors(name):
-    parts = name.split('.')
-    return ['.'.join(parts[:i]) for i in range(1, len(parts) + 1)]
+from .config import pruned_count
+from .layers import ancestors
+from .selection import BITS_DTYPE, group_layers
 
 
 def layer_overrides(names, config, model_name='the model'):
@@ -36,8 +30,7 @@ def layer_overrides(names, config, model_name='the model'):
 
     for pattern, _ in config.ratios:
         if not any(matches(pattern, name) for name in names):
-            raise SparsityConfigError(f'{OPTION_PREFIX}:ratios pattern {pattern!r} matches no pruned layer of '
-                                      f'{model_name}')
+            raise SparsityConfigError(f'ratios pattern {pattern!r} matches no pruned layer of {model_name}', 'ratios')
     return [next((r for p, r in config.ratios if matches(p, name)), None) for name in names]
 
 
@@ -47,8 +40,8 @@ def check_nm(names, params, nm):
     for name, param in zip(names, params):
         if param.dim() < 2 or param.shape[1] % m:
             size = param.shape[1] if param.dim() >= 2 else param.numel()
-            raise SparsityConfigError(f'{OPTION_PREFIX}:pattern {n}:{m}: layer {name} has input size {size}, '
-                                      f'not a multiple of {m} (add it to exclude)')
+            raise SparsityConfigError(f'pattern {n}:{m}: layer {name} has input size {size}, not a multiple of {m} '
+                                      '(add it to exclude)', 'pattern')
 
 
 def grouped(tensor):
@@ -79,14 +72,14 @@ class RankedLayers:
         self.k = k
         self.scope = scope
         self.nm = nm
-        if first.dtype not in _BITS_VIEW:
+        if first.dtype not in BITS_DTYPE:
             raise TypeError(f'cannot prune {self.names[0]}: weights of dtype {first.dtype} are not supported '
                             '(float32, float16 or bfloat16 expected)')
         for name, param in zip(self.names, self.params):
             if param.dtype != first.dtype or param.device != first.device:
-                raise SparsityConfigError(f'{OPTION_PREFIX}:scope global needs every pruned layer on one device '
-                                          f'with one dtype: {name} is {param.dtype} on {param.device}, '
-                                          f'{self.names[0]} is {first.dtype} on {first.device}')
+                raise SparsityConfigError(f'scope global needs every pruned layer on one device with one dtype: '
+                                          f'{name} is {param.dtype} on {param.device}, {self.names[0]} is '
+                                          f'{first.dtype} on {first.device}', 'scope')
         if scope == 'layer' and len(set(self.sizes)) != 1:
             raise ValueError('RankedLayers with scope layer needs layers of equal size')
         total = sum(self.sizes)
@@ -136,7 +129,7 @@ class RankedLayers:
             view.copy_(grouped(source) if permuted else source)
         self.values.abs_()
         keys = self.keys
-        keys.copy_(self.values.view(_BITS_VIEW[self.values.dtype]))
+        keys.copy_(self.values.view(BITS_DTYPE[self.values.dtype]))
         keys.bitwise_left_shift_(32)
         keys.view(self.rows, -1).bitwise_or_(self.position)
         if self.nm is not None:

@@ -22,12 +22,35 @@ Magnitudes are compared as integers (bit patterns with the sign cleared): that i
 it makes a NaN rank above +inf on both paths, and integer ops are several times faster than float
 comparisons producing booleans on a CPU.
 """
+from typing import List, Protocol
+
 import torch
 
 # weight dtype -> same-size integer dtype (magnitudes and shrink factors are handled as bit patterns)
-_BITS_DTYPE = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+BITS_DTYPE = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 _POSITION_BITS = 32
 _LARGEST_KEY = torch.iinfo(torch.int64).max
+
+
+class SelectionUnit(Protocol):
+    """What the sparsifier needs of a set of layers ranked together (``LayerGroup`` here, ``RankedLayers`` in
+    ``patterns.py``): all its buffers are allocated once, a step only writes into them."""
+    names: List[str]
+    params: List[torch.Tensor]
+    selected: object  # per layer, a flat bool view of its unimportant set (True = unimportant / pruned)
+    flat_selected: torch.Tensor  # the whole selection as one bool tensor (``selected`` are views into it)
+
+    def select(self) -> None:
+        """Re-choose the unimportant set from the live weights."""
+
+    def shrink(self, factor: float) -> None:
+        """Multiply the unimportant weights by ``factor``; the rest is untouched."""
+
+    def zero_selected(self, params=None) -> None:
+        """Set the selected weights of ``params`` (default: the live weights) to exactly 0."""
+
+    def num_pruned(self) -> int:
+        """How many weights the selection holds (fixed at construction)."""
 
 
 class LayerGroup:
@@ -44,10 +67,10 @@ class LayerGroup:
         self.numel = first.numel()
         self.k = k
         rows, device = len(self.params), first.device
-        if first.dtype not in _BITS_DTYPE:
+        if first.dtype not in BITS_DTYPE:
             raise TypeError(f'cannot prune {self.names[0]}: weights of dtype {first.dtype} are not supported '
                             '(float32, float16 or bfloat16 expected)')
-        bits_dtype = _BITS_DTYPE[first.dtype]
+        bits_dtype = BITS_DTYPE[first.dtype]
         self._bits_dtype = bits_dtype
         self._sign_shift = torch.iinfo(bits_dtype).bits - 1
         self._magnitude_mask = torch.iinfo(bits_dtype).max  # every bit but the sign
@@ -78,6 +101,13 @@ class LayerGroup:
         # layer selections settled by the threshold check / ranked exactly (read by the benchmark)
         self.checked_rows = 0
         self.ranked_rows = 0
+
+    @property
+    def flat_selected(self):
+        return self.selected.view(-1)
+
+    def num_pruned(self):
+        return self.k * len(self.params)
 
     def weights(self):
         """Detached views of the live weights (taken each time: ``module.to()`` may have replaced them)."""

@@ -18,40 +18,34 @@ scratch    random mask with the same per-layer counts, seeded, frozen   re-appli
 dense      nothing                                                      nothing
 =========  ==========================================================  ============================================
 
-The selection (how many, where, in which layout) is shared by all methods: ``ratio``, ``ratios`` overrides,
-``scope`` layer/global and ``pattern`` unstructured/N:M (see ``patterns.py``).
+Each method is one definition in ``methods.py``; this class carries out what the definition says. The selection
+(how many, where, in which layout) is shared by all methods: ``ratio``, ``ratios`` overrides, ``scope``
+layer/global and ``pattern`` unstructured/N:M (see ``patterns.py``).
+
+In a plain PyTorch loop::
+
+    sparsifier = build_sparsifier(model, method='issp', ratio=0.9, prune_iter=1000)
+    sparsifier.attach(optimizer)      # pre_step/step run inside optimizer.step(), iterations counted there
+    for batch in data: loss(model(batch)).backward(); optimizer.step(); optimizer.zero_grad()
 """
 import torch
 from torch import nn
 
-from ..errors import SparsityConfigError, SparsityStateError
-from .config import OPTION_PREFIX, SparsityConfig
+from ..errors import SparsityStateError
+from .config import SparsityConfig
 from .layers import prunable_layers
 from .patterns import build_units, check_nm, layer_overrides
 
 STATE_FORMAT = 'issp_basicsr.sparsifier/1'
 
-RESELECTING = ('issp', 'iht', 'issr')  # the unimportant set is re-chosen every `interval` during pruning
-PENALIZED = ('issr', 'greg')  # a growing L2 penalty on the unimportant set, applied in pre_step
-MAGNITUDE_AT_START = ('issr', 'greg', 'l1')  # the set is first chosen from the weights the run starts with
-FROZEN_AT_START = ('l1', 'scratch')  # the mask is fixed before the first iteration
 # keys that must match between a saved state and the options it is resumed with (they decide the masks)
 STATE_KEYS = ('method', 'ratio', 'exclude', 'scope', 'pattern', 'ratios')
-
-
-def _flat_selection(group):
-    """The group's whole selection as one tensor (``LayerGroup``: [layers, n]; ``RankedLayers``: flat)."""
-    return group.flat_selected if hasattr(group, 'flat_selected') else group.selected
 
 
 def _rows(group, tensor):
     """Per-layer views of a tensor holding one value per weight of the group, shaped like each weight."""
     flat = tensor.reshape(-1)
     return [row.view_as(p) for row, p in zip(torch.split(flat, [p.numel() for p in group.params]), group.params)]
-
-
-def _num_pruned(group):
-    return group.num_pruned() if hasattr(group, 'num_pruned') else group.k * len(group.names)
 
 
 def check_layers(model: nn.Module, config: SparsityConfig):
@@ -66,10 +60,32 @@ def check_layers(model: nn.Module, config: SparsityConfig):
         check_nm(names, params, config.nm)
 
 
+class _OptimizerHooks:
+    """The two hooks :meth:`Sparsifier.attach` put on an optimizer; ``remove()`` takes both off."""
+
+    def __init__(self, handles):
+        self.handles = handles
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
 class Sparsifier:
+    """Prunes the Conv2d/Linear weights of one model as ``config.method`` defines.
+
+    Args:
+        model: the network whose layers are pruned (the bare module, not a DDP wrapper). Its weights are
+            modified in place; their storage may be replaced later (``.to()``), the sparsifier follows.
+        config: the validated options (:meth:`SparsityConfig.from_dict`, or :func:`build_sparsifier`).
+
+    Masks: :meth:`masks` is True where a weight is **pruned** (the unimportant set); :meth:`keep_masks` is True
+    where a weight is **kept**, the convention of ``torch.ao.pruning`` and NVIDIA's ASP.
+    """
 
     def __init__(self, model: nn.Module, config: SparsityConfig):
         self.config = config
+        self.method = config.method_definition
         self.model_name = type(model).__name__
         layers = prunable_layers(model, config.exclude if config.prunes else ())
         self.layer_names = [name for name, _ in layers]
@@ -83,32 +99,32 @@ class Sparsifier:
         self.groups = []
         if not config.prunes:
             return
-        method = config.method
-        if method == 'scratch':
+        method = self.method
+        if method.scores == 'random':
             self.groups = self._random_units()
         else:
             self.groups = build_units(self.layer_names, self.layer_params, config, self.model_name)
-        if method in PENALIZED:  # the unimportant set as 0/1 in the weights' dtype, for one fused addcmul
-            self._penalty_masks = [torch.zeros(_flat_selection(g).shape, dtype=g.params[0].dtype,
+        if method.penalty:  # the unimportant set as 0/1 in the weights' dtype, for one fused addcmul
+            self._penalty_masks = [torch.zeros(g.flat_selected.shape, dtype=g.params[0].dtype,
                                                device=g.params[0].device) for g in self.groups]
             self._penalty_rows = [_rows(g, mask) for g, mask in zip(self.groups, self._penalty_masks)]
-        if method in MAGNITUDE_AT_START:
+        if method.selects_at_start and method.scores == 'magnitude':
             with torch.no_grad():
                 self._select()
-        if method in FROZEN_AT_START:
+        if method.frozen_at_start:
             self.frozen = True
             self.apply_masks()
 
     @property
     def seed(self) -> int:
-        """The seed of ``scratch``'s random mask (0 when the block names none and no caller filled it in)."""
+        """The seed of a random mask (0 when the block names none and no caller filled it in)."""
         return 0 if self.config.seed is None else self.config.seed
 
     @torch.no_grad()
     def _random_units(self):
-        """``scratch``: random positions with the per-layer counts the magnitude selection of the same options
-        gives (``scope: global`` decides them from the weights the run starts with), drawn from a dedicated
-        CPU generator so the mask is the same on every rank and device and the global RNG is left alone."""
+        """Random positions with the per-layer counts the magnitude selection of the same options gives
+        (``scope: global`` decides them from the weights the run starts with), drawn from a dedicated CPU
+        generator so the mask is the same on every rank and device and the global RNG is left alone."""
         config = self.config
         counts = None
         if config.scope == 'global':
@@ -123,21 +139,27 @@ class Sparsifier:
         scores = {name: torch.rand(shape, generator=generator) for name, shape in self.layer_shapes.items()}
         for unit in units:
             unit.select([scores[name].to(p.device) for name, p in zip(unit.names, unit.params)])
-        self._reference = [_flat_selection(g).clone() for g in units]
+        self._reference = [g.flat_selected.clone() for g in units]
         return units
 
     # ----------------------------------------------------------------------------------------- the step
     @property
     def phase(self) -> str:
+        """``prune`` (before the freeze), ``finetune`` (mask frozen) or ``dense`` (a method that prunes nothing)."""
         if not self.config.prunes:
             return 'dense'
         return 'finetune' if self.frozen else 'prune'
 
     @torch.no_grad()
     def pre_step(self, current_iter: int):
-        """Before the optimizer step of ``current_iter``: for ``issr``/``greg``, add the gradient of the L2 penalty
-        ``penalty/2 * sum(w^2)`` over the unimportant set, i.e. ``grad += penalty * w`` there (with plain SGD,
-        a shrink of those weights by ``1 - lr * penalty``). A no-op for the other methods and once frozen."""
+        """Before the optimizer step of ``current_iter``: for a penalised method (issr, greg), add the gradient of
+        the L2 penalty ``penalty/2 * sum(w^2)`` over the unimportant set, i.e. ``grad += penalty * w`` there (with
+        plain SGD, a shrink of those weights by ``1 - lr * penalty``). A no-op for the other methods and once
+        frozen.
+
+        Args:
+            current_iter: the 1-based iteration whose optimizer step follows.
+        """
         if self._penalty_masks is None or self.frozen:
             return
         self.penalty = self.config.penalty_at(current_iter)
@@ -155,18 +177,23 @@ class Sparsifier:
 
     @torch.no_grad()
     def step(self, current_iter: int):
-        """Run the pruning step of iteration ``current_iter`` (1-based, called after the optimizer step)."""
-        config = self.config
+        """The pruning step of iteration ``current_iter``, right after its optimizer step: re-select and shrink
+        (pruning stage, every ``interval``), freeze (at ``prune_iter``), or re-apply the frozen mask (after it).
+
+        Args:
+            current_iter: the 1-based iteration whose optimizer step just ran.
+        """
+        config, method = self.config, self.method
         if self.frozen:
             self.apply_masks()
         elif not config.prunes:
             pass
         elif current_iter >= config.prune_iter:
-            if config.method in RESELECTING:
+            if method.reselects:
                 self._select()
             self.frozen = True
             self.apply_masks()
-        elif config.method in RESELECTING and current_iter % config.interval == 0:
+        elif method.reselects and current_iter % config.interval == 0:
             self._select()
             factor = config.shrink_factor
             if factor is not None:
@@ -174,21 +201,49 @@ class Sparsifier:
                     group.shrink(factor)
         self.last_step = current_iter
 
+    def attach(self, optimizer: torch.optim.Optimizer, current_iter=None) -> _OptimizerHooks:
+        """Run :meth:`pre_step` and :meth:`step` inside every ``optimizer.step()``, as ASP's
+        ``init_optimizer_for_pruning`` does, so a plain loop needs no other call.
+
+        Args:
+            optimizer: the optimizer of the pruned weights.
+            current_iter: a callable returning the loop's 1-based iteration, for loops that do not step the
+                optimizer every iteration (GANs); by default every optimizer step is the next iteration,
+                counted on from ``last_step`` (so it continues after :meth:`load_state_dict`).
+
+        Returns:
+            a handle whose ``remove()`` takes the hooks off again.
+        """
+        def iteration():
+            return current_iter() if current_iter is not None else self.last_step + 1
+
+        pending = []
+
+        def before(*_):
+            pending[:] = [iteration()]
+            self.pre_step(pending[0])
+
+        def after(*_):
+            self.step(pending[0] if pending else iteration())
+
+        return _OptimizerHooks([optimizer.register_step_pre_hook(before), optimizer.register_step_post_hook(after)])
+
     def _select(self):
         for group in self.groups:
             group.select()
         self._refresh_penalty_masks()
         if self._reference is None:
-            self._reference = [_flat_selection(group).clone() for group in self.groups]
+            self._reference = [group.flat_selected.clone() for group in self.groups]
 
     def _refresh_penalty_masks(self):
         if self._penalty_masks is not None:
             for group, mask in zip(self.groups, self._penalty_masks):
-                mask.copy_(_flat_selection(group))
+                mask.copy_(group.flat_selected)
 
     @torch.no_grad()
     def apply_masks(self, model: nn.Module = None):
-        """Zero the pruned weights of the trained model, or of ``model`` (an EMA copy with the same layers)."""
+        """Zero the pruned weights of the trained model, or of ``model`` (an EMA copy with the same layers).
+        Does nothing before the freeze."""
         if not self.frozen:
             return
         for group in self.groups:
@@ -197,16 +252,23 @@ class Sparsifier:
 
     # ---------------------------------------------------------------------------------------- read-outs
     def masks(self) -> dict:
-        """``{layer name: bool tensor shaped like its weight}``, True where a weight is unimportant/pruned."""
+        """``{layer name: bool tensor shaped like its weight}``, **True where a weight is pruned** (before the
+        freeze: in the current unimportant set). Views of the live selection: copy them to keep them.
+        :meth:`keep_masks` gives the opposite polarity."""
         return {
             name: selected.view(self.layer_shapes[name])
             for group in self.groups for name, selected in zip(group.names, group.selected)
         }
 
+    def keep_masks(self) -> dict:
+        """``{layer name: bool tensor shaped like its weight}``, **True where a weight is kept**: the convention of
+        ``torch.ao.pruning`` and ASP (a new tensor per layer)."""
+        return {name: ~mask for name, mask in self.masks().items()}
+
     def num_pruned(self) -> int:
         """How many weights the mask removes: the sum over layers of ceil(ratio_i * n_i), or ceil(ratio * total)
         for the layers under one global threshold (0 for ``dense``)."""
-        return sum(_num_pruned(group) for group in self.groups)
+        return sum(group.num_pruned() for group in self.groups)
 
     def num_weights(self) -> int:
         return sum(p.numel() for p in self.layer_params)
@@ -241,14 +303,14 @@ class Sparsifier:
                     grad_unimportant += unimportant
                     grad_kept += grad_sq.sum().cpu() - unimportant
             if self._reference is not None:
-                current = _flat_selection(group)
+                current = group.flat_selected
                 changed += int((current ^ self._reference[index]).sum()) // 2
                 self._reference[index].copy_(current)
         if self._reference is not None:
             stats['sparsity/mask_change'] = changed / max(self.num_pruned(), 1)
         stats['sparsity/grad_unimportant'] = float(grad_unimportant.sqrt())
         stats['sparsity/grad_kept'] = float(grad_kept.sqrt())
-        if self.config.method in PENALIZED:
+        if self.method.penalty:
             stats['sparsity/penalty'] = self.penalty
         return stats
 
@@ -275,19 +337,20 @@ class Sparsifier:
         }
 
     def load_state_dict(self, state: dict):
+        """Restore :meth:`state_dict`'s output; the options that decide the masks must be the ones it was saved
+        with, and the layers must match (else :class:`SparsityStateError`)."""
         if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
             raise SparsityStateError('not a sparsifier state saved by issp_basicsr')
         saved = state['config']
         current_values, defaults = self.config.to_dict(), SparsityConfig().to_dict()
-        keys = STATE_KEYS + (('seed', ) if self.config.method == 'scratch' else ())
+        keys = STATE_KEYS + (('seed', ) if self.method.scores == 'random' else ())
         for key in keys:
             current = current_values[key]
             before = saved.get(key, defaults[key])
             if key == 'seed':
                 current, before = self.seed, 0 if before is None else before
             if before != current:
-                raise SparsityStateError(f'{OPTION_PREFIX}:{key} is {current!r} but the saved state was trained '
-                                         f'with {before!r}')
+                raise SparsityStateError(f'{key} is {current!r} but the saved state was trained with {before!r}', key)
         shapes = {name: tuple(shape) for name, shape in state['shapes'].items()}
         if shapes != self.layer_shapes:
             missing = sorted(set(self.layer_shapes) ^ set(shapes))
@@ -301,7 +364,7 @@ class Sparsifier:
         if state.get('reference') is not None:
             self._reference = [
                 torch.cat([state['reference'][name].reshape(-1) for name in group.names]).view(
-                    _flat_selection(group).shape).to(_flat_selection(group).device) for group in self.groups
+                    group.flat_selected.shape).to(group.flat_selected.device) for group in self.groups
             ]
         self.frozen = bool(state['frozen'])
         self.last_step = int(state['last_step'])
@@ -310,8 +373,14 @@ class Sparsifier:
 
 
 def build_sparsifier(model: nn.Module, **block) -> Sparsifier:
-    """Build a sparsifier from the keys of the ``train: sparsity:`` block (see :class:`SparsityConfig`)."""
+    """A sparsifier for ``model`` from the keys of the sparsity block.
+
+    Args:
+        model: the network to prune.
+        **block: the option keys (``method='issp', ratio=0.9, prune_iter=1000, ...``; see :class:`SparsityConfig`),
+            validated as the YAML block is.
+    """
     return Sparsifier(model, SparsityConfig.from_dict(block))
 
 
-__all__ = ['Sparsifier', 'SparsityStateError', 'SparsityConfigError', 'build_sparsifier', 'check_layers']
+__all__ = ['Sparsifier', 'build_sparsifier', 'check_layers']

@@ -18,8 +18,11 @@ import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from issp_basicsr.sparsity import METHODS, SparsityConfig  # noqa: E402  (the core imports without BasicSR)
+
 RATIO = 0.95
-METHODS = ('issp', 'iht', 'issr', 'greg', 'l1', 'scratch', 'dense')
 BACKBONES = {  # prefix of the generated files -> base file
     'swinir_light_x4': 'options/issp_swinir_x4.yml',
     'edsr_l_x4': 'options/issp_edsr_l_x4.yml',
@@ -31,16 +34,12 @@ RCAN_NETWORK = {  # BasicSR's RCAN arch with the RCAN paper's size (10 groups of
 }
 # the SRP paper's growing-penalty settings; reg_max is reached at iteration reg_max / reg_step * reg_interval
 REG_INTERVAL, REG_MAX = 20, 0.5
-DESCRIPTIONS = {
-    'issp': 'ISS-P: the unimportant set is re-selected and multiplied by alpha every interval; frozen at prune_iter',
-    'iht': 'IHT: the unimportant set is re-selected and set to 0 every interval; frozen at prune_iter',
-    'issr': 'ISS-R: re-selected like ISS-P, shrunk by an L2 penalty growing to reg_max; frozen at prune_iter',
-    'greg': 'SRP-style growing L2 penalty on the set chosen at the start; that set is masked at prune_iter',
-    'l1': 'L1-norm: one-shot magnitude mask of the starting weights (to prune a trained dense model instead, add '
-          '--force_yml path:pretrain_network_g=PATH)',
-    'scratch': 'fixed random mask, same per-layer counts, seed = manual_seed; weights re-initialised',
-    'dense': 'dense reference: no pruning, same model class and learning-rate schedule',
-}
+# BasicSR-specific notes added to a method's summary from the core's registry
+NOTES = {'l1': ' (to prune a trained dense model instead, add --force_yml path:pretrain_network_g=PATH)'}
+
+
+def description(method):
+    return METHODS[method].summary + NOTES.get(method, '')
 
 
 def base_source(prefix, root=ROOT):
@@ -54,18 +53,21 @@ def base_source(prefix, root=ROOT):
 
 
 def sparsity_block(method, base):
-    """The block of ``method``, from the base block's schedule (prune_iter, LR hold, exclude, interval, alpha)."""
+    """The block of ``method``, from the base block's schedule (prune_iter, LR hold, exclude, interval, alpha), with
+    the keys the method's definition in the core's registry takes."""
+    definition = METHODS[method]
+    keys = definition.accepted_keys
     block = {'method': method}
-    if method != 'dense':
+    if definition.prunes:
         block.update(ratio=RATIO, scope='layer', pattern='unstructured')
-    if method == 'issp':
-        block['alpha'] = base.get('alpha', 0.95)
+    if 'alpha' in keys:
+        block['alpha'] = base.get('alpha', SparsityConfig.alpha)
     block['prune_iter'] = base['prune_iter']
-    if method in ('issp', 'iht', 'issr'):
+    if 'interval' in keys:
         block['interval'] = base.get('interval', 1)
-    if method in ('issr', 'greg'):
+    if definition.penalty:
         block.update(reg_step=REG_MAX * REG_INTERVAL / base['prune_iter'], reg_interval=REG_INTERVAL, reg_max=REG_MAX)
-    if method != 'dense':
+    if definition.prunes:
         block['exclude'] = list(base.get('exclude') or [])
     block['hold_lr_during_pruning'] = base.get('hold_lr_during_pruning', False)
     return block
@@ -135,11 +137,11 @@ def outputs(root=ROOT):
             name = f'methods_{prefix}_{method}' + ('' if method == 'dense' else f'_r{RATIO:g}')
             files[f'options/methods/{prefix}_{method}.yml'] = render(base_text, base_path, name,
                                                                      sparsity_block(method, base_block),
-                                                                     DESCRIPTIONS[method])
+                                                                     description(method))
         if prefix == RCAN_BASE:
             files['options/methods/rcan_x4_issp.yml'] = render(base_text, base_path, f'methods_rcan_x4_issp_r{RATIO:g}',
                                                                sparsity_block('issp', base_block),
-                                                               DESCRIPTIONS['issp'], network=RCAN_NETWORK)
+                                                               description('issp'), network=RCAN_NETWORK)
     return files
 
 
