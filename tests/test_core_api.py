@@ -125,7 +125,7 @@ def test_a_method_registered_once_works_everywhere():
         with pytest.raises(SparsityConfigError, match="interval does not apply to method 'fixed_shrink'"):
             SparsityConfig.from_dict({'method': 'fixed_shrink', 'interval': 2})
         assert method.accepted_keys == ('method', 'prune_iter', 'hold_lr_during_pruning', 'ratio', 'exclude',
-                                        'scope', 'pattern', 'ratios', 'alpha')
+                                        'scope', 'pattern', 'nm_layout', 'ratios', 'alpha')
         model = make_model()
         sparsifier = build_sparsifier(model, method='fixed_shrink', ratio=0.5, alpha=0.5, prune_iter=3)
         chosen = {name: mask.clone() for name, mask in sparsifier.masks().items()}
@@ -145,3 +145,54 @@ def test_a_method_registered_once_works_everywhere():
         del METHODS['fixed_shrink']
     with pytest.raises(SparsityConfigError, match='method must be one of'):
         SparsityConfig.from_dict({'method': 'fixed_shrink'})
+
+
+def test_statistics_measure_the_residue_left_in_the_unimportant_set():
+    """Mean and max |w| over the current unimportant set during pruning; gone once the freeze zeroed it."""
+    model = make_model()
+    sparsifier = build_sparsifier(model, method='issp', ratio=0.75, alpha=0.5, prune_iter=3)
+    sparsifier.step(1)
+    stats = sparsifier.statistics()
+    residue = torch.cat([model.get_submodule(name).weight.detach()[mask].abs()
+                         for name, mask in sparsifier.masks().items()])
+    assert residue.numel() == sparsifier.num_pruned()
+    assert stats['sparsity/unimportant_abs_mean'] == pytest.approx(float(residue.double().mean()), rel=1e-6)
+    assert stats['sparsity/unimportant_abs_max'] == pytest.approx(float(residue.max()), rel=1e-6)
+    sparsifier.step(3)
+    assert 'sparsity/unimportant_abs_mean' not in sparsifier.statistics()
+
+
+def test_flat_n_m_layout_prunes_19_of_every_20_consecutive_weights():
+    """The reference's ``--pick_pruned min_19:20``: groups of 20 in the flattened weight, the 19 smallest go."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 5, 3), nn.Linear(10, 40))
+    before = {name: model.get_submodule(name).weight.detach().clone() for name in ('0', '1')}
+    sparsifier = build_sparsifier(model, method='iht', ratio=0.95, pattern='19:20', nm_layout='flat', prune_iter=1)
+    sparsifier.step(1)
+    for name, weight in before.items():
+        groups = weight.reshape(-1, 20).abs()
+        mask = sparsifier.masks()[name].reshape(-1, 20)
+        assert torch.equal(mask.sum(1), torch.full((groups.shape[0], ), 19))
+        assert torch.equal((~mask).nonzero()[:, 1], groups.argmax(1))  # the largest of each group is kept
+        assert torch.equal(model.get_submodule(name).weight.detach().reshape(-1, 20) == 0, mask)
+
+
+def test_nm_layout_errors_name_the_key():
+    with pytest.raises(SparsityConfigError, match='nm_layout applies to an N:M pattern only'):
+        SparsityConfig.from_dict({'nm_layout': 'flat'})
+    with pytest.raises(SparsityConfigError, match="nm_layout must be input or flat, got 'rows'"):
+        SparsityConfig.from_dict({'pattern': '2:4', 'ratio': 0.5, 'nm_layout': 'rows'})
+    with pytest.raises(SparsityConfigError, match=r'pattern 19:20 \(nm_layout flat\): layer 0 has 30 weights'):
+        build_sparsifier(nn.Sequential(nn.Linear(3, 10)), ratio=0.95, pattern='19:20', nm_layout='flat')
+
+
+def test_a_ratio_never_removes_a_layer_whole():
+    """0.99 of a 50-weight layer is ceil(49.5) = 50: one weight is kept, and the layer is reported as capped."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 10, bias=False), nn.Linear(10, 100, bias=False))
+    sparsifier = build_sparsifier(model, method='iht', ratio=0.99, prune_iter=1)
+    sparsifier.step(1)
+    assert sparsifier.capped_layers == ['0']
+    assert int(sparsifier.masks()['0'].sum()) == 49 and int(sparsifier.masks()['1'].sum()) == 990
+    kept = model[0].weight.detach().abs().reshape(-1).argmax()
+    assert model[0].weight.reshape(-1)[kept] != 0 and int((model[0].weight != 0).sum()) == 1

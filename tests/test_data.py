@@ -307,7 +307,22 @@ def test_every_option_file_parses_and_passes_the_checks(name):
 
 def test_all_expected_option_files_exist():
     demo = ['demo_issp_swinir_sample_x4.yml', 'test_demo_issp_swinir_sample_x4.yml', 'compare_swinir_sample_x2.yml']
-    assert set(TOP_LEVEL) == set(PAPER) | {f'test_{n}' for n in PAPER} | set(demo)
+    released = ['issp_swinir_x4_released.yml']
+    assert set(TOP_LEVEL) == set(PAPER) | {f'test_{n}' for n in PAPER} | set(demo) | set(released)
+
+
+def test_released_file_differs_from_the_paper_file_in_schedule_and_selection_only():
+    """The reference code's released SwinIR run: constant LR (milestones past total_iter), 19:20 flat groups."""
+    paper, released = load('issp_swinir_x4.yml'), load('issp_swinir_x4_released.yml')
+    assert released['name'] == 'issp_swinir_x4_released'
+    assert min(released['train']['scheduler']['milestones']) > released['train']['total_iter']
+    assert (released['train']['sparsity']['pattern'], released['train']['sparsity']['nm_layout']) == ('19:20', 'flat')
+    for opt in (paper, released):
+        opt.pop('name')
+        opt['train'].pop('scheduler')
+        for key in ('pattern', 'nm_layout'):
+            opt['train']['sparsity'].pop(key, None)
+    assert json.loads(json.dumps(paper)) == json.loads(json.dumps(released))
 
 
 @pytest.mark.parametrize('name', sorted(PAPER))

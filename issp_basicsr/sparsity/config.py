@@ -19,6 +19,7 @@ from ..errors import SparsityConfigError
 from .methods import METHODS, PruningMethod, all_keys, get_method
 
 SCOPES = ('layer', 'global')
+NM_LAYOUTS = ('input', 'flat')
 _NM = re.compile(r'^\s*(\d+)\s*:\s*(\d+)\s*$')
 
 
@@ -81,9 +82,12 @@ class SparsityConfig:
         prune_iter: K_p, the 1-based iteration at which the mask freezes.
         interval: re-select (and shrink) every ``interval`` iterations of the pruning stage.
         exclude: fnmatch patterns of module names left dense.
-        hold_lr_during_pruning: the learning rate is held until ``prune_iter`` (applied by the training loop).
+        hold_lr_during_pruning: the learning rate is held until ``prune_iter``; the training loop applies it
+            (the BasicSR adapter does; a plain loop asks :meth:`lr_held`).
         scope: ``layer`` (a count per layer) or ``global`` (one threshold over all layers).
-        pattern: ``unstructured`` or ``"N:M"`` (at least N of every M weights along the input channels).
+        pattern: ``unstructured`` or ``"N:M"`` (at least N of every M consecutive weights).
+        nm_layout: where an N:M group's M weights lie: ``input`` (along the input channels, the sparse tensor
+            core layout) or ``flat`` (consecutive in the flattened weight, the reference code's ``min_19:20``).
         ratios: ``((pattern, ratio), ...)`` per-layer overrides of ``ratio``, first match wins.
         reg_step, reg_interval, reg_max: the growing L2 penalty of issr/greg.
         seed: scratch's mask seed (None: the caller fills it in, 0 if none does).
@@ -97,6 +101,7 @@ class SparsityConfig:
     hold_lr_during_pruning: bool = False
     scope: str = 'layer'
     pattern: str = 'unstructured'
+    nm_layout: str = 'input'
     ratios: Tuple[Tuple[str, float], ...] = field(default_factory=tuple)
     reg_step: float = 1e-4
     reg_interval: int = 20
@@ -154,6 +159,13 @@ class SparsityConfig:
         if 'pattern' in block:
             nm = parse_pattern(block['pattern'])
             values['pattern'] = 'unstructured' if nm is None else f'{nm[0]}:{nm[1]}'
+        if 'nm_layout' in block:
+            if block['nm_layout'] not in NM_LAYOUTS:
+                raise SparsityConfigError(f'nm_layout must be input or flat, got {block["nm_layout"]!r}', 'nm_layout')
+            if values.get('pattern', cls.pattern) == 'unstructured':
+                raise SparsityConfigError('nm_layout applies to an N:M pattern only (pattern is unstructured)',
+                                          'nm_layout')
+            values['nm_layout'] = block['nm_layout']
         if 'ratios' in block:
             ratios = block['ratios'] if block['ratios'] is not None else {}
             if not isinstance(ratios, dict) or not all(isinstance(p, str) and p for p in ratios):
@@ -200,6 +212,11 @@ class SparsityConfig:
     def shrink_factor(self) -> Optional[float]:
         """What an unimportant weight is multiplied by at a shrink step: alpha (ISS-P), 0 (IHT), None (others)."""
         return self.method_definition.shrink_factor(self)
+
+    def lr_held(self, current_iter: int) -> bool:
+        """Whether the learning-rate schedule waits at ``current_iter`` (``hold_lr_during_pruning``: until
+        ``prune_iter``, so the scheduler's milestones count from there)."""
+        return self.hold_lr_during_pruning and current_iter <= self.prune_iter
 
     def penalty_at(self, current_iter: int) -> float:
         """The L2 coefficient of ``issr``/``greg`` at an iteration: reg_step more every reg_interval, up to reg_max."""

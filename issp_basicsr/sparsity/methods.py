@@ -12,7 +12,7 @@ from typing import Dict, Optional, Tuple
 # keys every method accepts: the stage boundary, so that every method of a comparison has the same LR schedule
 COMMON_KEYS = ('method', 'prune_iter', 'hold_lr_during_pruning')
 # keys every pruning method accepts: how many weights are removed, where, and in which layout
-SELECTION_KEYS = ('ratio', 'exclude', 'scope', 'pattern', 'ratios')
+SELECTION_KEYS = ('ratio', 'exclude', 'scope', 'pattern', 'nm_layout', 'ratios')
 PENALTY_KEYS = ('reg_step', 'reg_interval', 'reg_max')
 
 

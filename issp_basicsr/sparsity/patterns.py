@@ -34,14 +34,32 @@ def layer_overrides(names, config, model_name='the model'):
     return [next((r for p, r in config.ratios if matches(p, name)), None) for name in names]
 
 
-def check_nm(names, params, nm):
-    """Every layer pruned N:M needs an input size (dim 1 of its weight) that is a multiple of M."""
+def check_nm(names, params, nm, layout='input'):
+    """Every layer pruned N:M needs an input size (dim 1 of its weight), or with ``nm_layout: flat`` a size, that
+    is a multiple of M."""
     n, m = nm
     for name, param in zip(names, params):
-        if param.dim() < 2 or param.shape[1] % m:
+        if layout == 'flat':
+            if param.numel() % m:
+                raise SparsityConfigError(f'pattern {n}:{m} (nm_layout flat): layer {name} has {param.numel()} '
+                                          f'weights, not a multiple of {m} (add it to exclude)', 'pattern')
+        elif param.dim() < 2 or param.shape[1] % m:
             size = param.shape[1] if param.dim() >= 2 else param.numel()
             raise SparsityConfigError(f'pattern {n}:{m}: layer {name} has input size {size}, not a multiple of {m} '
                                       '(add it to exclude)', 'pattern')
+
+
+def per_layer_counts(names, params, config, overrides):
+    """(per layer, how many weights are pruned: ``ceil(ratio_i * n_i)`` but at least one weight kept; the names
+    of the layers that cap kept from being removed whole). The reference code caps at int(0.995 n) instead."""
+    counts, capped = [], []
+    for name, ratio, param in zip(names, overrides, params):
+        count = pruned_count(config.ratio if ratio is None else ratio, param.numel())
+        if count >= param.numel():
+            count = param.numel() - 1
+            capped.append(name)
+        counts.append(count)
+    return counts, capped
 
 
 def grouped(tensor):
@@ -63,7 +81,7 @@ class RankedLayers:
     Buffers are allocated once; :meth:`select` only writes into them.
     """
 
-    def __init__(self, names, params, k, scope='layer', nm=None):
+    def __init__(self, names, params, k, scope='layer', nm=None, layout='input'):
         first = params[0]
         self.names = list(names)
         self.params = list(params)
@@ -97,7 +115,7 @@ class RankedLayers:
         self.kth = torch.empty(self.rows, 1, dtype=torch.int64, device=device)
         self.kth_index = torch.empty(self.rows, 1, dtype=torch.int64, device=device)
         # N:M: keys and selection are computed in the grouped layout; layers whose layout differs get copied back
-        self.permuted = [nm is not None and not _is_identity_layout(s) for s in self.shapes]
+        self.permuted = [nm is not None and layout == 'input' and not _is_identity_layout(s) for s in self.shapes]
         self.grouped_shapes = [grouped(torch.empty(s, device='meta')).shape if p else s
                                for s, p in zip(self.shapes, self.permuted)]
         self.grouped_selected = (torch.zeros_like(self.flat_selected) if any(self.permuted) else self.flat_selected)
@@ -169,12 +187,13 @@ def build_units(names, params, config, model_name='the model', counts=None, rand
     Per-layer unstructured magnitude selection uses ``selection.group_layers`` (``LayerGroup``); every other
     variant uses :class:`RankedLayers`. ``counts`` fixes the per-layer counts (``scratch`` copies them from the
     magnitude selection); ``random`` asks for units that rank given scores (all of them ``RankedLayers``).
+    Returns ``(units, names of the layers whose count was capped to keep one weight)``.
     """
-    nm = config.nm
+    nm, layout = config.nm, config.nm_layout
     if nm is not None:
-        check_nm(names, params, nm)
+        check_nm(names, params, nm, layout)
     overrides = layer_overrides(names, config, model_name)
-    units, per_layer = [], []
+    units, per_layer, capped = [], [], []
     if counts is not None:
         per_layer = list(range(len(names)))
     elif config.scope == 'global':
@@ -183,18 +202,19 @@ def build_units(names, params, config, model_name='the model', counts=None, rand
         if shared:
             total = sum(params[i].numel() for i in shared)
             units.append(RankedLayers([names[i] for i in shared], [params[i] for i in shared],
-                                      pruned_count(config.ratio, total), 'global', nm))
+                                      pruned_count(config.ratio, total), 'global', nm, layout))
     else:
         per_layer = list(range(len(names)))
     if counts is None:
-        counts = [pruned_count(config.ratio if r is None else r, p.numel()) for r, p in zip(overrides, params)]
+        counts, capped = per_layer_counts(names, params, config, overrides)
+        capped = [name for i, name in enumerate(names) if name in capped and i in per_layer]
     if nm is None and not random:
         units += group_layers([(names[i], params[i]) for i in per_layer], [counts[i] for i in per_layer])
-        return units
+        return units, capped
     buckets = {}
     for i in per_layer:
         key = (params[i].numel(), counts[i], params[i].dtype, params[i].device)
         buckets.setdefault(key, []).append(i)
     for (_, k, _, _), members in buckets.items():
-        units.append(RankedLayers([names[i] for i in members], [params[i] for i in members], k, 'layer', nm))
-    return units
+        units.append(RankedLayers([names[i] for i in members], [params[i] for i in members], k, 'layer', nm, layout))
+    return units, capped

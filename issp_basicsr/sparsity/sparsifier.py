@@ -39,7 +39,7 @@ from .patterns import build_units, check_nm, layer_overrides
 STATE_FORMAT = 'issp_basicsr.sparsifier/1'
 
 # keys that must match between a saved state and the options it is resumed with (they decide the masks)
-STATE_KEYS = ('method', 'ratio', 'exclude', 'scope', 'pattern', 'ratios')
+STATE_KEYS = ('method', 'ratio', 'exclude', 'scope', 'pattern', 'nm_layout', 'ratios')
 
 
 def _rows(group, tensor):
@@ -57,7 +57,7 @@ def check_layers(model: nn.Module, config: SparsityConfig):
     names, params = [n for n, _ in layers], [m.weight for _, m in layers]
     layer_overrides(names, config, type(model).__name__)
     if config.nm is not None:
-        check_nm(names, params, config.nm)
+        check_nm(names, params, config.nm, config.nm_layout)
 
 
 class _OptimizerHooks:
@@ -97,13 +97,15 @@ class Sparsifier:
         self._reference = None  # the unimportant set at the last statistics() call, for the change rate
         self._penalty_masks = None
         self.groups = []
+        self.capped_layers = []  # layers a ratio would remove whole: one weight is kept (the adapter logs them)
         if not config.prunes:
             return
         method = self.method
         if method.scores == 'random':
             self.groups = self._random_units()
         else:
-            self.groups = build_units(self.layer_names, self.layer_params, config, self.model_name)
+            self.groups, self.capped_layers = build_units(self.layer_names, self.layer_params, config,
+                                                          self.model_name)
         if method.penalty:  # the unimportant set as 0/1 in the weights' dtype, for one fused addcmul
             self._penalty_masks = [torch.zeros(g.flat_selected.shape, dtype=g.params[0].dtype,
                                                device=g.params[0].device) for g in self.groups]
@@ -129,12 +131,13 @@ class Sparsifier:
         counts = None
         if config.scope == 'global':
             counts = {}
-            for group in build_units(self.layer_names, self.layer_params, config, self.model_name):
+            for group in build_units(self.layer_names, self.layer_params, config, self.model_name)[0]:
                 group.select()
                 for name, row in zip(group.names, group.selected):
                     counts[name] = int(row.sum())  # one-off host sync at construction
             counts = [counts[name] for name in self.layer_names]
-        units = build_units(self.layer_names, self.layer_params, config, self.model_name, counts=counts, random=True)
+        units, self.capped_layers = build_units(self.layer_names, self.layer_params, config, self.model_name,
+                                                counts=counts, random=True)
         generator = torch.Generator(device='cpu').manual_seed(self.seed)
         scores = {name: torch.rand(shape, generator=generator) for name, shape in self.layer_shapes.items()}
         for unit in units:
@@ -288,6 +291,9 @@ class Sparsifier:
         ``sparsity/grad_unimportant`` / ``sparsity/grad_kept``: L2 norm of the last gradient on the unimportant
         and on the kept weights (the paper's trainability curves; for issr/greg it includes the penalty's part).
         ``sparsity/penalty``: the current L2 coefficient (issr, greg).
+        ``sparsity/unimportant_abs_mean`` / ``sparsity/unimportant_abs_max``: mean and max |w| over the current
+        unimportant set, during the pruning stage only (what soft shrinkage leaves there: the residue that the
+        freeze cuts to 0).
         """
         stats = {'sparsity/zeros': self.sparsity()}
         if not self.config.prunes:
@@ -295,8 +301,14 @@ class Sparsifier:
         changed = 0
         grad_unimportant = torch.zeros((), dtype=torch.float64)
         grad_kept = torch.zeros((), dtype=torch.float64)
+        residue_sum = torch.zeros((), dtype=torch.float64)
+        residue_max = torch.zeros((), dtype=torch.float64)
         for index, group in enumerate(self.groups):
             for param, selected in zip(group.params, group.selected):
+                if not self.frozen:
+                    residue = param.detach().reshape(-1).abs().masked_fill(~selected.reshape(-1), 0)
+                    residue_sum += residue.sum(dtype=torch.float64).cpu()
+                    residue_max = torch.maximum(residue_max, residue.max().double().cpu())
                 if param.grad is not None:
                     grad_sq = param.grad.detach().reshape(-1).double().square()
                     unimportant = grad_sq.masked_fill(~selected.reshape(-1), 0).sum().cpu()
@@ -308,6 +320,9 @@ class Sparsifier:
                 self._reference[index].copy_(current)
         if self._reference is not None:
             stats['sparsity/mask_change'] = changed / max(self.num_pruned(), 1)
+        if not self.frozen:
+            stats['sparsity/unimportant_abs_mean'] = float(residue_sum) / max(self.num_pruned(), 1)
+            stats['sparsity/unimportant_abs_max'] = float(residue_max)
         stats['sparsity/grad_unimportant'] = float(grad_unimportant.sqrt())
         stats['sparsity/grad_kept'] = float(grad_kept.sqrt())
         if self.method.penalty:
