@@ -13,9 +13,17 @@ from basicsr.utils.matlab_functions import imresize
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 
+# fixtures that train a run in a subprocess: every test using one is slow (`pytest -m "not slow"` skips them)
+SLOW_FIXTURES = {'trained', 'torchrun_run', 'tiny_run', 'uninterrupted'}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``cuda`` are collected everywhere and skipped where torch sees no CUDA device."""
+    """Tests that use a training fixture are marked ``slow``; tests marked ``cuda`` are collected everywhere and
+    skipped where torch sees no CUDA device."""
     import torch
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, 'fixturenames', ())):
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason='needs a CUDA GPU (run benchmarks/gpu_check.py on a GPU machine)')

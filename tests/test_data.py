@@ -409,6 +409,7 @@ def assert_reads_sample_set(opt, scale):
     assert opt['datasets']['val']['dataroot_lq'] == paths['val_lq']
 
 
+@pytest.mark.slow
 def test_demo_trains_and_tests_on_the_sample_lmdbs(sample, tmp_path):
     """The demo files, shrunk to a tiny SwinIR and 6 iterations, run end to end on the sample set's LMDBs."""
     root, _, _ = sample

@@ -80,6 +80,7 @@ def test_both_ranks_held_the_same_mask(torchrun_run):
         assert not torch.equal(state['rng'][0]['torch'], state['rng'][1]['torch'])
 
 
+@pytest.mark.slow
 def test_slurm_launcher_resumes_the_torchrun_run_exactly(torchrun_run, tmp_path):
     """The torchrun run, stopped after checkpoint 6, resumed by two `--launcher slurm` tasks (scontrol faked)."""
     run_dir = tmp_path / 'slurm'

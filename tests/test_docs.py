@@ -41,6 +41,7 @@ ALL_COMMANDS = [(page.relative_to(ROOT).as_posix(), command, comment)
                 for page in PAGES for command, comment in commands(page)]
 
 
+@pytest.mark.slow
 def test_the_plain_pytorch_example_runs(tmp_path):
     blocks = fenced(ROOT / 'docs' / 'PlainPyTorch.md', ('python', ))
     result = subprocess.run([sys.executable, '-c', blocks[0]], cwd=tmp_path, capture_output=True, text=True,

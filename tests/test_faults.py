@@ -102,6 +102,7 @@ KEEP_SAVING = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_save_leaves_a_complete_file(tmp_path):
     """A process rewriting a 32 MB checkpoint in a loop is killed at an arbitrary moment, most likely mid-write."""
     path = tmp_path / 'net_g_1.pth'

@@ -195,6 +195,7 @@ print(hashlib.sha256(b''.join(m.numpy().tobytes() for m in masks.values())).hexd
 '''
 
 
+@pytest.mark.slow
 def test_scratch_mask_is_identical_in_two_processes_with_different_global_seeds():
     code = MASK_DIGEST.format(package=str(ROOT / 'issp_basicsr'), tests=str(ROOT / 'tests'))
     digests = [
@@ -491,6 +492,7 @@ def test_model_issr_adds_the_penalty_gradient_before_the_optimizer_step(tmp_path
 @pytest.mark.parametrize('block', [dict(method='dense', prune_iter=5),
                                    dict(method='greg', ratio=0.8, prune_iter=5, reg_step=0.1, reg_interval=1),
                                    dict(method='scratch', ratio=0.8, prune_iter=5, scope='global')])
+@pytest.mark.slow
 def test_basicsr_train_runs_the_method_and_saves_a_checkpoint(tiny_pairs, tmp_path, block):
     from conftest import tiny_options, write_options
     opt = tiny_options(tiny_pairs, name=f'tiny_{block["method"]}')
@@ -558,6 +560,7 @@ def test_method_option_files_differ_only_in_the_sparsity_block(backbone):
     assert len(stages) == 1 and len(names) == len(generator.METHODS)
 
 
+@pytest.mark.slow
 def test_swinir_method_option_files_pass_the_option_checks():
     from issp_basicsr.options import check_model, check_sparsity
     for method in load_generator().METHODS:

@@ -120,6 +120,7 @@ def test_experiment_from_a_real_run_matches_log_events_and_checkpoint(tiny_run):
     assert experiment.sparsity == info['final_sparsity'] == pytest.approx(zeros / total, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_report_command_writes_figures_table_and_notes(tiny_run, tmp_path, capsys):
     root, _ = tiny_run
     out = tmp_path / 'report'
@@ -217,6 +218,7 @@ def test_generated_option_files_differ_only_in_sparsity_block_name_and_seed(comp
     assert os.path.isabs(common['datasets']['train']['dataroot_gt'])
 
 
+@pytest.mark.slow
 def test_compare_methods_trains_and_summarises(compare, tiny_pairs, tmp_path, monkeypatch):
     base = tiny_options(tiny_pairs, name='base', prune_iter=5)
     base['train']['total_iter'] = 10

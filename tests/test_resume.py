@@ -91,6 +91,7 @@ def test_resume_from_any_checkpoint_is_bit_exact(uninterrupted, tmp_path, keep_i
                        reference_state['optimizers'][0]['state'][0]['exp_avg'])
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_any_moment_resumes_exactly(uninterrupted, tmp_path):
     """SIGKILL as soon as checkpoint 3 exists (the kill lands anywhere after it, perhaps inside a save)."""
     run_dir = tmp_path / 'killed'

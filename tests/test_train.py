@@ -77,6 +77,7 @@ def test_log_has_sparsity_statistics_and_bicubic_reference(trained):
     assert events, 'TensorBoard scalars were not written'
 
 
+@pytest.mark.slow
 def test_basicsr_test_evaluates_the_checkpoint(trained):
     run_dir, opt = trained
     weights = run_dir / 'experiments' / 'tiny_issp' / 'models' / 'net_g_latest.pth'
@@ -106,6 +107,7 @@ def _resume_from(trained, tmp_path, keep_iter):
     return resumed, state
 
 
+@pytest.mark.slow
 def test_resume_after_the_freeze_keeps_the_mask(trained, tmp_path):
     resumed, state = _resume_from(trained, tmp_path, keep_iter=20)
     assert state['frozen'] and state['last_step'] == 30
@@ -115,6 +117,7 @@ def test_resume_after_the_freeze_keeps_the_mask(trained, tmp_path):
         assert torch.equal(w == 0, at_20[k] == 0), k
 
 
+@pytest.mark.slow
 def test_resume_before_the_freeze_keeps_shrinking(trained, tmp_path):
     resumed, state = _resume_from(trained, tmp_path, keep_iter=10)
     assert state['frozen'] and state['last_step'] == 30
@@ -144,6 +147,7 @@ def test_bad_options_stop_before_anything_is_written(tiny_pairs, tmp_path, monke
     assert not (tmp_path / 'experiments').exists()
 
 
+@pytest.mark.slow
 def test_bad_option_from_the_command_line_is_one_line_without_traceback(tiny_pairs, tmp_path):
     opt = tiny_options(tiny_pairs, ratio=0)
     result = run(['train', '-opt', write_options(tmp_path / 'bad.yml', opt)], tmp_path)
