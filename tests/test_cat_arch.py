@@ -6,9 +6,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
-from conftest import tiny_options, write_options
+from conftest import _write_pairs, eval_options, tiny_options, write_options
 
 import issp_basicsr.archs  # noqa: F401  (registers CAT until the package's own registration imports it)
 from basicsr.models import build_model
@@ -220,24 +221,46 @@ def test_issp_shrinks_then_freezes_exact_per_layer_counts_on_cat():
     assert sparsifier.num_pruned() == sum(pruned_count(0.9, m.weight.numel()) for _, m in layers)
 
 
+def test_exclude_pos_keeps_every_position_bias_mlp_dense():
+    """docs/CAT.md: ``exclude: ['*.pos']`` leaves the 8 tiny position-bias linears of each block dense."""
+    net = CAT(upscale=2, **TINY)
+    names = [name for name, _ in prunable_layers(net, ['*.pos'])]
+    assert len(names) == len(prunable_layers(net, [])) - 2 * 8
+    assert not [name for name in names if '.pos.' in name] and 'layers.0.blocks.1.qkv' in names
+
+
 # ----------------------------------------------------------------------------------- basicsr train (CLI)
+def cli(kind, path, cwd):
+    """``basicsr KIND -opt PATH`` in a fresh process, with issp_basicsr.archs imported first."""
+    code = ('import sys, issp_basicsr.archs; from issp_basicsr.cli import main; '
+            f'sys.exit(main([{kind!r}, "-opt", {str(path)!r}]))')
+    return subprocess.run([sys.executable, '-c', code], cwd=cwd, capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'))
+
+
 @pytest.mark.slow
-def test_basicsr_train_prunes_a_tiny_cat(tiny_pairs, tmp_path):
+def test_basicsr_train_prunes_a_tiny_cat_and_test_evaluates_it(tiny_pairs, tmp_path):
     opt = tiny_options(tiny_pairs, name='tiny_cat', prune_iter=4)
     opt['network_g'] = dict(type='CAT', upscale=4, **TINY)
     opt['train'].update(total_iter=6)
     opt['logger'].update(print_freq=2, save_checkpoint_freq=6, use_tb_logger=False)
     opt['val']['val_freq'] = 6
-    path = write_options(tmp_path / 'train.yml', json.loads(json.dumps(opt)))
-    code = ('import sys, issp_basicsr.archs; from issp_basicsr.cli import main; '
-            f'sys.exit(main(["train", "-opt", {path!r}]))')
-    result = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, capture_output=True, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS='1'))
+    result = cli('train', write_options(tmp_path / 'train.yml', json.loads(json.dumps(opt))), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     log = ''.join(open(p).read() for p in glob.glob(str(tmp_path / 'experiments' / 'tiny_cat' / 'train_*.log')))
     assert 'Final tinyval: psnr' in log and 'Final sparsity: 0.90' in log
-    weights = torch.load(tmp_path / 'experiments' / 'tiny_cat' / 'models' / 'net_g_latest.pth', weights_only=True)
+    weights = tmp_path / 'experiments' / 'tiny_cat' / 'models' / 'net_g_latest.pth'
     net = CAT(upscale=4, **TINY)
-    net.load_state_dict(weights['params'], strict=True)
+    net.load_state_dict(torch.load(weights, weights_only=True)['params'], strict=True)
     for name, module in prunable_layers(net, []):
         assert int((module.weight == 0).sum()) == pruned_count(0.9, module.weight.numel()), name
+    # tested on an image whose LR (22 x 25) is not a multiple of the 4-pixel windows: padded inside forward
+    from skimage import data
+    _write_pairs(str(tmp_path / 'odd'), [data.rocket()[:88, :100].astype(np.float32) / 255], 4)
+    test_opt = eval_options(opt, weights)
+    odd = tmp_path / 'odd'
+    test_opt['datasets']['test_1'].update(dataroot_gt=str(odd / 'hr'), dataroot_lq=str(odd / 'lr'))
+    result = cli('test', write_options(tmp_path / 'test.yml', test_opt), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = glob.glob(str(tmp_path / 'results' / 'test_tiny_cat' / 'test_*.log'))
+    assert logs and 'Final tinytest: psnr' in open(logs[0]).read()

@@ -25,7 +25,6 @@ import functools
 import math
 
 import torch
-import torch.nn.functional as F
 import torch.utils.checkpoint
 from basicsr.archs.arch_util import Upsample, trunc_normal_
 from basicsr.archs.swinir_arch import DropPath
@@ -54,7 +53,9 @@ def window_reverse(windows, window, height, width):
     return x.reshape(-1, height, width, c)
 
 
-def _shift_regions(size, window, shift):
+def _shift_regions(window, shift):
+    """The regions along one axis of a map rolled by ``-shift``: the bulk, the last window's own part, and the
+    part that wrapped around from the start (one region when there is no shift)."""
     if shift == 0:
         return (slice(None), )
     return slice(0, -window), slice(-window, -shift), slice(-shift, None)
@@ -69,8 +70,8 @@ def shifted_window_mask(height, width, window, shift, device=None):
     for a 256 x 256 map is 16 MB; callers must not modify it."""
     regions = torch.zeros(1, height, width, 1, device=device)
     label = 0
-    for rows in _shift_regions(height, window[0], shift[0]):
-        for cols in _shift_regions(width, window[1], shift[1]):
+    for rows in _shift_regions(window[0], shift[0]):
+        for cols in _shift_regions(window[1], shift[1]):
             regions[:, rows, cols, :] = label
             label += 1
     labels = window_partition(regions, window).squeeze(-1)  # windows, N
