@@ -2,6 +2,7 @@
 padding, ISS-P on it, and a tiny `basicsr train` with it."""
 import glob
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -159,7 +160,23 @@ def test_forward_pads_symmetrically_to_the_window_multiple_and_crops():
     assert symmetric_pad(torch.arange(3.).view(1, 1, 1, 3), 8)[0, 0, 0].tolist() == [0, 1, 2, 2, 1, 0, 0, 1]
 
 
-def test_issp_sr_model_tests_cat_on_images_of_any_size(tiny_pairs, tmp_path):
+@pytest.fixture
+def basicsr_logger_restored():
+    """build_model sets up BasicSR's root logger on first use, without a file and left at WARNING; a later
+    in-process `basicsr train` would then get that logger and lose its INFO lines. Undo it after the test."""
+    from basicsr.utils import logger as basicsr_logger
+    log = logging.getLogger('basicsr')
+    handlers, level = list(log.handlers), log.level
+    initialized = 'basicsr' in basicsr_logger.initialized_logger
+    yield
+    for handler in [h for h in log.handlers if h not in handlers]:
+        log.removeHandler(handler)
+    log.setLevel(level)
+    if not initialized:
+        basicsr_logger.initialized_logger.pop('basicsr', None)
+
+
+def test_issp_sr_model_tests_cat_on_images_of_any_size(tiny_pairs, tmp_path, basicsr_logger_restored):
     opt = tiny_options(tiny_pairs)
     opt['network_g'] = dict(type='CAT', upscale=4, **TINY)
     opt.update(dist=False, rank=0, world_size=1, is_train=True, auto_resume=False)
