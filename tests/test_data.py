@@ -11,6 +11,7 @@ import pytest
 import yaml
 from conftest import write_options
 
+import issp_basicsr.archs  # noqa: F401  (registers CAT for the CAT-R option files)
 from basicsr.data.paired_image_dataset import PairedImageDataset
 from basicsr.utils.options import ordered_yaml
 from issp_basicsr import cli
@@ -289,6 +290,7 @@ PAPER = {  # file -> (scale, arch, method, lr, fine-tuning iterations)
     'issp_swinir_x4.yml': (4, 'SwinIR', 'issp', 2e-4, 200000),
     'iht_swinir_x4.yml': (4, 'SwinIR', 'iht', 2e-4, 200000),
     'issp_edsr_l_x4.yml': (4, 'EDSR', 'issp', 1e-4, 300000),
+    'issp_cat_r_x4.yml': (4, 'CAT', 'issp', 2e-4, 500000),
 }
 
 
@@ -337,6 +339,11 @@ def test_paper_files_have_the_published_settings(name):
         assert (net['window_size'], net['mlp_ratio'], net['upsampler'], net['resi_connection']) == \
             (8, 2, 'pixelshuffledirect', '1conv')
         layers = 103
+    elif arch == 'CAT':
+        assert (net['embed_dim'], net['depth'], net['num_heads'], net['mlp_ratio']) == (180, [6] * 6, [6] * 6, 4)
+        assert (net['split_size_0'], net['split_size_1'], net['block_name'], net['upsampler']) == \
+            ([4] * 6, [16] * 6, 'CATB_regular', 'pixelshuffle')
+        layers = 480
     else:
         assert (net['num_feat'], net['num_block'], net['res_scale']) == (256, 32, 0.1)
         layers = 69
