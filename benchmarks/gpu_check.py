@@ -97,15 +97,26 @@ def child_env(**extra):
     return env
 
 
-def run_command(cmd, cwd, env=None, what='command'):
-    """Run ``cmd`` with its output going to this check's log; CheckFailed with the tail of it if it fails."""
+def stream(cmd, cwd, env=None):
+    """Run ``cmd``, copying its output line by line to this check's log as it comes (a check killed at its limit
+    still leaves what its command printed); returns (exit status, output)."""
     print(f'$ {" ".join(cmd)}', flush=True)
-    result = subprocess.run(cmd, cwd=cwd, env=env or child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    print(result.stdout, flush=True)
-    if result.returncode != 0:
-        raise CheckFailed(f'{what} exited with {result.returncode}: {last_line(result.stdout)}')
-    return result.stdout
+    lines = []
+    with subprocess.Popen(cmd, cwd=cwd, env=env or child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, bufsize=1) as process:
+        for line in process.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            lines.append(line)
+    return process.returncode, ''.join(lines)
+
+
+def run_command(cmd, cwd, env=None, what='command'):
+    """Run ``cmd`` (see :func:`stream`); CheckFailed with its last line if it fails."""
+    status, output = stream(cmd, cwd, env)
+    if status != 0:
+        raise CheckFailed(f'{what} exited with {status}: {last_line(output)}')
+    return output
 
 
 def last_line(text):
@@ -187,17 +198,14 @@ def check_cuda_tests(ctx):
     """pytest -m cuda tests/test_cuda.py: CUDA selection equal to the CPU's, freeze/fine-tune, checksums."""
     import xml.etree.ElementTree as ET
     junit = os.path.join(ctx.work, 'cuda_tests.xml')
-    cmd = [sys.executable, '-m', 'pytest', '-m', 'cuda', 'tests/test_cuda.py', '-q', '-rfEs', '-p', 'no:cacheprovider',
+    cmd = [sys.executable, '-m', 'pytest', '-m', 'cuda', 'tests/test_cuda.py', '-v', '-rfEs', '-p', 'no:cacheprovider',
            f'--junitxml={junit}']
     if ctx.quick:
         cmd += ['-k', 'not edsr']
-    print(f'$ {" ".join(cmd)}', flush=True)
-    result = subprocess.run(cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    print(result.stdout, flush=True)
-    ctx.record('pytest_exit_status', result.returncode)
+    returncode, output = stream(cmd, REPO)
+    ctx.record('pytest_exit_status', returncode)
     if not os.path.exists(junit):
-        raise CheckFailed(f'pytest wrote no report (exit {result.returncode}): {last_line(result.stdout)}')
+        raise CheckFailed(f'pytest wrote no report (exit {returncode}): {last_line(output)}')
     suite = ET.parse(junit).getroot()
     suite = suite if suite.tag == 'testsuite' else suite.find('testsuite')
     counts = {key: int(suite.get(key, 0)) for key in ('tests', 'failures', 'errors', 'skipped')}
@@ -211,9 +219,9 @@ def check_cuda_tests(ctx):
     for key, value in counts.items():
         ctx.record(key, value)
     ctx.record('failed_tests', failed)
-    if failed or result.returncode not in (0, ):
+    if failed or returncode != 0:
         raise CheckFailed(f'{counts["failures"] + counts["errors"]} of {counts["tests"]} CUDA tests failed' +
-                          (f' (first: {failed[0]})' if failed else f' (pytest exit {result.returncode})'))
+                          (f' (first: {failed[0]})' if failed else f' (pytest exit {returncode})'))
     if counts['passed'] == 0 or counts['skipped']:
         raise CheckFailed(f'{counts["skipped"]} of {counts["tests"]} CUDA tests were skipped on a CUDA machine')
     return f'{counts["passed"]} CUDA tests passed'
