@@ -907,6 +907,18 @@ def missing_modules():
     return [m for m in REQUIRED_MODULES if importlib.util.find_spec(m) is None]
 
 
+def import_problem():
+    """None when the plugin, BasicSR's archs and lmdb import, else the error in one line (BasicSR 1.4.2 imports
+    ``distutils``, gone from Python 3.12 unless setuptools' shim provides it)."""
+    try:
+        import issp_basicsr  # noqa: F401
+        import basicsr.archs.swinir_arch  # noqa: F401
+        import lmdb  # noqa: F401
+    except Exception as exc:  # noqa: BLE001  (any import failure is reported the same way)
+        return f'{type(exc).__name__}: {exc}'.splitlines()[0]
+    return None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--out', default=DEFAULT_OUT, help=f'folder for gpu_check.json/.md/.log (default {DEFAULT_OUT})')
@@ -931,9 +943,9 @@ def main(argv=None):
         print(f'gpu_check: no CUDA device visible to torch {torch.__version__} (torch.cuda.is_available() is '
               'False); nothing to check here (--dry-run lists the checks)')
         return 2
-    if missing:
-        print(f'gpu_check: missing Python packages: {", ".join(missing)} (docs/GPU.md says how to bring them to an '
-              'offline GPU machine)')
+    problem = f'missing Python packages: {", ".join(missing)}' if missing else import_problem()
+    if problem:
+        print(f'gpu_check: {problem} (docs/GPU.md says how to bring the packages to an offline GPU machine)')
         return 3
 
     report = new_report(checks, args.quick, environment())

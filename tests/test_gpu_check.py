@@ -207,3 +207,17 @@ def test_pytest_collects_the_cuda_tests_and_a_cpu_run_skips_them():
     assert ran.returncode == 0, ran.stdout[-2000:]
     assert f'{CUDA_TESTS} skipped' in ran.stdout
     assert 'needs a CUDA GPU (run benchmarks/gpu_check.py on a GPU machine)' in ran.stdout
+
+
+def test_a_package_that_does_not_import_stops_the_run_with_exit_3(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(gpu_check, 'DEVICE', 'cpu')
+    assert gpu_check.import_problem() is None  # here everything imports
+    monkeypatch.setattr(gpu_check, 'import_problem', lambda: "ModuleNotFoundError: No module named 'distutils'")
+    assert gpu_check.main(['--out', str(tmp_path / 'out')]) == 3
+    assert capsys.readouterr().out.splitlines() == [
+        "gpu_check: ModuleNotFoundError: No module named 'distutils' (docs/GPU.md says how to bring the packages "
+        'to an offline GPU machine)']
+    assert not (tmp_path / 'out').exists()
+    monkeypatch.setattr(gpu_check, 'REQUIRED_MODULES', ('torch', 'no_such_module_xyz'))
+    assert gpu_check.main(['--out', str(tmp_path / 'out')]) == 3
+    assert 'missing Python packages: no_such_module_xyz' in capsys.readouterr().out
