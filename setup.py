@@ -29,6 +29,6 @@ setup(
         'matplotlib',
     ],
     # onnx: `basicsr export --onnx` checks the exported graph with onnxruntime when it is installed
-    extras_require={'test': ['pytest'], 'onnx': ['onnx>=1.16', 'onnxruntime>=1.18']},
+    extras_require={'test': ['pytest', 'ruff==0.17.5'], 'onnx': ['onnx>=1.16', 'onnxruntime>=1.18']},
     entry_points={'console_scripts': ['basicsr=issp_basicsr.cli:main']},
 )

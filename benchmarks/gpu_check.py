@@ -375,7 +375,8 @@ def check_step_cost(ctx):
 def ensure_sample(ctx):
     """The sample set (scikit-image photos, no download) under the scratch folder, built once per run."""
     root = os.path.join(ctx.work, 'datasets', 'sample')
-    run_command(cli('datasets', 'sample', '--root', root, '--scales', '4'), cwd=ctx.work, what='basicsr datasets sample')
+    run_command(cli('datasets', 'sample', '--root', root, '--scales', '4'), cwd=ctx.work,
+                what='basicsr datasets sample')
     return root
 
 
@@ -628,7 +629,8 @@ def check_inference_2to4(ctx):
         for _ in range(repeats):
             dense_ms.append(timed(lambda: model(x)))
             sparse_ms.append(timed(lambda: sparse(x)))
-        ctx.record(f'model_{size}x{size}', {'dense_fp16_ms': median_ms(dense_ms), 'sparse_2to4_ms': median_ms(sparse_ms),
+        ctx.record(f'model_{size}x{size}', {'dense_fp16_ms': median_ms(dense_ms),
+                                            'sparse_2to4_ms': median_ms(sparse_ms),
                                             'speedup': round(statistics.median(dense_ms) / statistics.median(sparse_ms),
                                                              3)})
         tokens = size * size
@@ -653,7 +655,8 @@ def check_inference_2to4(ctx):
                            'speedup': round(statistics.median(dense_t) / statistics.median(sparse_t), 3)})
             ctx.record('per_layer', layers)
     model_figures = ctx.figures[f'model_{size}x{size}']
-    return (f'{backend}: outputs within {error:.1e}; SwinIR-light {size}x{size} fp16 {model_figures["dense_fp16_ms"]:.2f}'
+    return (f'{backend}: outputs within {error:.1e}; SwinIR-light {size}x{size} fp16 '
+            f'{model_figures["dense_fp16_ms"]:.2f}'
             f' ms dense, {model_figures["sparse_2to4_ms"]:.2f} ms 2:4')
 
 
@@ -694,7 +697,8 @@ def check_inference_csr(ctx):
 
 
 CHECKS = [
-    Check('cuda_tests', 'correctness: pytest -m cuda (CUDA selection = CPU selection, freeze, checksums)', True, 120, 45,
+    Check('cuda_tests', 'correctness: pytest -m cuda (CUDA selection = CPU selection, freeze, checksums)', True,
+          120, 45,
           'tests/test_cuda.py: SwinIR-light x4 (11 sparsity cases) and EDSR-L x4 (9) after 3 Adam steps, 5 steps each; '
           'tie layers fp32/fp16/bf16 x 4 variants',
           'tests/test_cuda.py without the EDSR-L cases', check_cuda_tests),
@@ -810,7 +814,8 @@ def environment():
         except (OSError, subprocess.TimeoutExpired, IndexError):
             env['driver'] = None
         try:
-            env['cusparselt'] = torch.backends.cusparselt.version() if torch.backends.cusparselt.is_available() else None
+            available = torch.backends.cusparselt.is_available()
+            env['cusparselt'] = torch.backends.cusparselt.version() if available else None
         except AttributeError:
             env['cusparselt'] = None
     for module in ('basicsr', 'issp_basicsr'):
@@ -921,7 +926,8 @@ def import_problem():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--out', default=DEFAULT_OUT, help=f'folder for gpu_check.json/.md/.log (default {DEFAULT_OUT})')
+    parser.add_argument('--out', default=DEFAULT_OUT,
+                        help=f'folder for gpu_check.json/.md/.log (default {DEFAULT_OUT})')
     parser.add_argument('--quick', action='store_true', help='smaller sizes: under 2 minutes')
     parser.add_argument('--dry-run', action='store_true', help='list the checks, sizes and limits, run nothing')
     parser.add_argument('--only', nargs='+', choices=CHECK_NAMES, help='run only these checks')

@@ -49,6 +49,7 @@ def setup_basicsr():
     build_model.__doc__ = original.__doc__
     for module in (basicsr.models, basicsr.train, basicsr.test):
         module.build_model = build_model
+    importlib.import_module('issp_basicsr.archs')  # registers the architectures (CAT): imports BasicSR only
     if not _importing_this_package():
         importlib.import_module('issp_basicsr.models')
 

@@ -17,7 +17,8 @@ RUN_BY_TESTS = {
     'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]"': '.ci/run',
     '. .venv/bin/activate && python -m pytest -q tests': '.ci/run',
     'basicsr datasets sample': 'tests/test_data.py::test_sample_is_idempotent_and_force_rebuilds',
-    'python options/methods/generate.py --check': 'tests/test_methods.py::test_method_option_files_are_generated_and_up_to_date',
+    'python options/methods/generate.py --check':
+        'tests/test_methods.py::test_method_option_files_are_generated_and_up_to_date',
 }
 
 
