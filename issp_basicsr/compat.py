@@ -11,13 +11,19 @@
 4. ``BaseModel.model_to_device`` wraps the network in DistributedDataParallel with
    ``device_ids=[torch.cuda.current_device()]``, which fails without a GPU: :func:`model_to_device` passes
    ``device_ids=None`` for a CPU model, so ``--launcher pytorch`` trains on CPUs with gloo.
+5. ``VideoBaseModel.dist_validation`` and ``VideoRecurrentModel.dist_validation`` (so EDVR, BasicVSR and the video
+   GANs) allocate their metric buffers with ``device='cuda'`` on their first validation, so video models cannot
+   validate on a CPU: :func:`video_metric_buffers` allocates the same buffers on the model's device first (the
+   originals only allocate when the model has none yet), then runs the original.
 
 This module imports nothing else of issp_basicsr: everything else sits above it.
 """
+import functools
 import importlib
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import torch
 import torch.distributed as dist
@@ -115,6 +121,27 @@ def model_to_device(self, net):
     return net
 
 
+def video_metric_buffers(dist_validation):
+    """Wrap a video model's ``dist_validation`` so its per-clip metric buffers (``[frames, metrics]`` float32 per
+    folder, zeroed by the original) live on ``self.device`` instead of the hard-coded ``'cuda'``."""
+    if getattr(dist_validation, '_issp_fixed', False):
+        return dist_validation
+
+    @functools.wraps(dist_validation)
+    def wrapper(self, dataloader, current_iter, tb_logger, save_img):
+        metrics = self.opt['val'].get('metrics')
+        if metrics is not None and not hasattr(self, 'metric_results'):
+            frames = Counter(dataloader.dataset.data_info['folder'])
+            self.metric_results = {
+                folder: torch.zeros(count, len(metrics), dtype=torch.float32, device=self.device)
+                for folder, count in frames.items()
+            }
+        return dist_validation(self, dataloader, current_iter, tb_logger, save_img)
+
+    wrapper._issp_fixed = True
+    return wrapper
+
+
 def apply():
     """Install every fix; safe to call more than once."""
     global _applied
@@ -129,4 +156,8 @@ def apply():
     basicsr.utils.options.init_dist = init_dist
     basicsr.train.load_resume_state = load_resume_state
     basicsr.models.base_model.BaseModel.model_to_device = model_to_device
+    from basicsr.models.video_base_model import VideoBaseModel
+    from basicsr.models.video_recurrent_model import VideoRecurrentModel
+    for cls in (VideoBaseModel, VideoRecurrentModel):
+        cls.dist_validation = video_metric_buffers(cls.dist_validation)
     _applied = True
