@@ -127,7 +127,7 @@ class SparseModelMixin:
         if self.sparsity_config.method == 'scratch':
             self.sparsity_config = replace(self.sparsity_config, seed=self._scratch_seed())
         super().init_training_settings()
-        cls = type(self).__name__
+        cls = self._served_class_name()
         nets = OrderedDict()
         available = [n for n, v in vars(self).items() if n.startswith('net_') and isinstance(v, nn.Module)]
         for name in networks:
@@ -160,7 +160,11 @@ class SparseModelMixin:
             self._mask_ema()
         for name, optimizer in optimizers.items():
             self._hook(optimizer, self.sparsifiers[name])
-        self._log_setup(cls)
+        self._log_setup(type(self).__name__)
+
+    def _served_class_name(self):
+        """The model class the mixin serves (``SRGANModel`` for ``SparseSRGANModel``), for messages."""
+        return next((c.__name__ for c in type(self).__mro__ if not issubclass(c, SparseModelMixin)), '?')
 
     def _hook(self, optimizer, sparsifier):
         # issr/greg add their penalty's gradient right before optimizer.step(); the pruning step runs right
