@@ -599,3 +599,45 @@ def test_real_esrnet_synthesises_lq_in_feed_data_and_trains_sparse(tiny_pairs, t
     assert model.sparsifier.frozen
     assert_exactly_sparse(model.get_bare_model(model.net_g).state_dict(), 0.9)
     assert_exactly_sparse(model.net_g_ema.state_dict(), 0.9)
+
+
+# ------------------------------------------------------------------------------------------- shipped files
+def load_option_file(name):
+    import yaml
+    with open(os.path.join(os.path.dirname(__file__), '..', 'options', name)) as f:
+        return yaml.safe_load(f)
+
+
+def test_esrgan_file_prunes_the_generator_and_keeps_the_discriminator_dense(tmp_path):
+    opt = load_option_file('issp_esrgan_x4.yml')
+    assert opt['model_type'] == 'ESRGANModel' and opt['network_d']['type'] == 'VGGStyleDiscriminator'
+    assert opt['train']['sparsity']['networks'] == ['net_g'] and 'perceptual_opt' not in opt['train']
+    assert opt['datasets']['train']['gt_size'] == opt['network_d']['input_size'] == 128
+    config = check_sparsity(opt)
+    assert (config.method, config.ratio, config.prune_iter) == ('issp', 0.95, 100000)
+    # the same file, shrunk, builds SparseESRGANModel with net_g pruned and net_d dense
+    small = copy.deepcopy(opt)
+    small['network_g'].update(num_feat=8, num_block=1, num_grow_ch=4)
+    small['network_d']['num_feat'] = 8
+    small['num_gpu'] = 0
+    with basicsr_log() as log:
+        model = build_model(in_memory(small, tmp_path))
+    assert type(model).__name__ == 'SparseESRGANModel' and list(model.sparsifiers) == ['net_g']
+    assert 'Sparsity: net_d stay dense (name them in train:sparsity:networks to prune them)' in log
+
+
+def test_basicvsr_file_keeps_spynet_dense_and_needs_its_pretrained_file(tmp_path, monkeypatch):
+    from basicsr.archs.spynet_arch import SpyNet
+    opt = load_option_file('issp_basicvsr_reds.yml')
+    assert opt['model_type'] == 'VideoRecurrentModel'
+    assert (opt['train']['fix_flow'], opt['train']['flow_lr_mul']) == (5000, 0.125)
+    assert opt['train']['sparsity']['exclude'] == ['spynet']
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OptionError) as error:
+        check_sparsity(opt)
+    assert str(error.value) == (f'network_g: {opt["network_g"]["spynet_path"]}: no such file (needed to build '
+                                'BasicVSR)')
+    os.makedirs(os.path.dirname(opt['network_g']['spynet_path']))
+    flow = {k: v for k, v in SpyNet().state_dict().items() if k.startswith('basic_module.')}  # as BasicSR's file
+    torch.save({'params': flow}, opt['network_g']['spynet_path'])
+    assert check_sparsity(opt).exclude == ('spynet', )
