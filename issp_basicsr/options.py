@@ -9,8 +9,9 @@ from basicsr.utils.registry import ARCH_REGISTRY
 
 from .errors import OptionError, SparsityConfigError
 from .models.factory import resolve_arch, resolve_model_type
-from .models.sparse_model import check_networks_in_options, configs_per_network, network_option_key, split_block
-from .sparsity import SparsityConfig, check_layers
+from .models.sparse_model import (check_networks_in_options, check_weights_are_parameters, configs_per_network,
+                                  network_option_key, split_block)
+from .sparsity import SparsityConfig, check_layers, prunable_layers
 
 # model types that require train:sparsity (any other registered type may carry it)
 SPARSE_MODELS = ('ISSPSRModel', )
@@ -129,6 +130,9 @@ def check_sparsity(opt):
                 raise OptionError(f'{key}: {error.filename}: no such file (needed to build {arch})') from None
     for name, net_config in configs_per_network(config, nets).items():
         check_layers(nets[name], net_config)
+        if net_config.prunes:
+            pruned = [layer for layer, _ in prunable_layers(nets[name], net_config.exclude)]
+            check_weights_are_parameters(name, nets[name], pruned)
     _check_generator_steps(opt, config, networks, total_iter)
     return config
 

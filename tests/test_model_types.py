@@ -641,3 +641,48 @@ def test_basicvsr_file_keeps_spynet_dense_and_needs_its_pretrained_file(tmp_path
     flow = {k: v for k, v in SpyNet().state_dict().items() if k.startswith('basic_module.')}  # as BasicSR's file
     torch.save({'params': flow}, opt['network_g']['spynet_path'])
     assert check_sparsity(opt).exclude == ('spynet', )
+
+
+def test_real_esrgan_prunes_the_generator_on_its_steps_and_keeps_its_gan_losses(tiny_pairs, tmp_path, monkeypatch):
+    """RealESRGANModel (SRGANModel with Real-ESRNet's degradations and a U-Net discriminator), as above."""
+    monkeypatch.setattr(torch.nn.Module, 'cuda', lambda self, *a, **k: self)
+    monkeypatch.setattr(torch.Tensor, 'cuda', lambda self, *a, **k: self)
+    opt = realesrnet_options(tiny_pairs)
+    opt['model_type'] = 'RealESRGANModel'
+    opt['network_d'] = {'type': 'UNetDiscriminatorSN', 'num_in_ch': 3, 'num_feat': 8, 'skip_connection': True}
+    opt['train'].update(net_d_iters=1, net_d_init_iters=0)
+    opt['train']['optim_d'] = {'type': 'Adam', 'lr': 1e-4, 'weight_decay': 0, 'betas': [0.9, 0.99]}
+    opt['train']['gan_opt'] = {'type': 'GANLoss', 'gan_type': 'vanilla', 'real_label_val': 1.0,
+                               'fake_label_val': 0.0, 'loss_weight': 0.1}
+    opt.update(l1_gt_usm=True, percep_gt_usm=True, gan_gt_usm=False)
+    opt['logger']['print_freq'] = 3
+    assert check_sparsity(opt).prune_iter == 2
+    model = build_model(in_memory(opt, tmp_path))
+    assert type(model).__name__.startswith('SparseRealESRGANModel') and list(model.sparsifiers) == ['net_g']
+    for it in (1, 2, 3):
+        model.feed_data(degradation_batch(it))
+        model.optimize_parameters(it)
+    assert {'l_g_pix', 'l_g_gan', 'l_d_real', 'l_d_fake', 'sparsity/zeros'} <= set(model.log_dict)
+    assert_exactly_sparse(model.get_bare_model(model.net_g).state_dict(), 0.9)
+    net_d = model.get_bare_model(model.net_d)
+    assert all(int((m.weight == 0).sum()) == 0 for m in net_d.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_a_spectral_norm_discriminator_cannot_be_pruned_and_says_so(tiny_pairs, tmp_path, monkeypatch):
+    """UNetDiscriminatorSN computes its conv weights (spectral norm): masking them would be undone silently."""
+    monkeypatch.setattr(torch.nn.Module, 'cuda', lambda self, *a, **k: self)
+    opt = realesrnet_options(tiny_pairs)
+    opt['model_type'] = 'RealESRGANModel'
+    opt['network_d'] = {'type': 'UNetDiscriminatorSN', 'num_in_ch': 3, 'num_feat': 8, 'skip_connection': True}
+    opt['train']['optim_d'] = {'type': 'Adam', 'lr': 1e-4}
+    opt['train']['gan_opt'] = {'type': 'GANLoss', 'gan_type': 'vanilla', 'loss_weight': 0.1}
+    opt['train']['sparsity']['networks'] = ['net_g', 'net_d']
+    message = ('train:sparsity:networks: layer conv1 of net_d (UNetDiscriminatorSN) computes its weight from other '
+               'parameters (spectral norm or a parametrization), so it cannot be pruned: add it to '
+               'train:sparsity:exclude or leave net_d dense')
+    with pytest.raises(SparsityConfigError) as error:
+        check_sparsity(opt)
+    assert str(error.value) == message
+    with pytest.raises(SparsityConfigError) as error:
+        build_model(in_memory(opt, tmp_path))
+    assert str(error.value) == message

@@ -107,6 +107,17 @@ def configs_per_network(config, nets):
     }
 
 
+def check_weights_are_parameters(name, net, layer_names):
+    """A layer whose ``weight`` is computed from other parameters (spectral norm, weight parametrizations) cannot be
+    masked: the zeros would be recomputed away at the next forward pass, silently."""
+    params = {id(p) for p in net.parameters()}
+    for layer in layer_names:
+        if id(net.get_submodule(layer).weight) not in params:
+            raise SparsityConfigError(f'{NETWORKS_KEY}: layer {layer} of {name} ({type(net).__name__}) computes its '
+                                      'weight from other parameters (spectral norm or a parametrization), so it '
+                                      f'cannot be pruned: add it to train:sparsity:exclude or leave {name} dense')
+
+
 class SparseModelMixin:
     """ISS-P (or IHT, ...) for the BasicSR model class it is mixed into; see the module docstring."""
 
@@ -153,6 +164,7 @@ class SparseModelMixin:
                 self._reinitialize(name, self.sparsity_config.seed)
         for name, config in configs_per_network(self.sparsity_config, nets).items():
             self.sparsifiers[name] = Sparsifier(nets[name], config)
+            check_weights_are_parameters(name, nets[name], self.sparsifiers[name].layer_names)
         self.sparsifier = self.sparsifiers.get('net_g', next(iter(self.sparsifiers.values())))
         if getattr(self, 'ema_decay', 0) > 0 and 'net_g' in self.sparsifiers and not resuming:
             if self.sparsity_config.method == 'scratch':
