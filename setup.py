@@ -29,6 +29,12 @@ setup(
         'matplotlib',
     ],
     # onnx: `basicsr export --onnx` checks the exported graph with onnxruntime when it is installed
-    extras_require={'test': ['pytest', 'ruff==0.17.5'], 'onnx': ['onnx>=1.16', 'onnxruntime>=1.18']},
+    # realesrgan: Real-ESRGAN's RealESRNetModel/RealESRGANModel, UNetDiscriminatorSN, RealESRGANDataset (imported
+    # when an option file names a type BasicSR does not register; see docs/ModelTypes.md)
+    extras_require={
+        'test': ['pytest', 'ruff==0.17.5'],
+        'onnx': ['onnx>=1.16', 'onnxruntime>=1.18'],
+        'realesrgan': ['realesrgan==0.3.0'],
+    },
     entry_points={'console_scripts': ['basicsr=issp_basicsr.cli:main']},
 )

@@ -43,10 +43,11 @@ def setup_basicsr():
     original = basicsr.models.build_model
 
     def build_model(opt):
-        importlib.import_module('issp_basicsr.models')  # registers the model classes
-        return original(opt)
+        # registers the model classes and replaces this stand-in with the adapter's build_model
+        return importlib.import_module('issp_basicsr.models').build_model(opt)
 
     build_model.__doc__ = original.__doc__
+    build_model.__wrapped__ = original  # the adapter wraps BasicSR's own, never this stand-in
     for module in (basicsr.models, basicsr.train, basicsr.test):
         module.build_model = build_model
     importlib.import_module('issp_basicsr.archs')  # registers the architectures (CAT): imports BasicSR only

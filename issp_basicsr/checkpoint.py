@@ -17,9 +17,27 @@ from basicsr.utils import check_resume, scandir
 from .errors import OptionError
 
 
+def _umask():
+    """The process's umask: from /proc where Linux shows it, else by setting it and straight back (the only
+    portable way to read it)."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj, path):
     """``torch.save`` to a temporary file beside ``path``, fsync, then ``os.replace``: readers and resumed runs see
-    the previous file or the complete new one, never a partial one. A kill mid-write leaves a hidden ``.*.tmp``."""
+    the previous file or the complete new one, never a partial one. A kill mid-write leaves a hidden ``.*.tmp``.
+
+    The file gets the mode ``open()`` would give it, as BasicSR's own saves have: ``0o666 & ~umask`` (0644 under
+    umask 022), not the 0600 of ``mkstemp``."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, temp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
     try:
@@ -27,6 +45,7 @@ def atomic_save(obj, path):
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(temp, 0o666 & ~_umask())
         os.replace(temp, path)
     except BaseException:
         if os.path.exists(temp):

@@ -14,11 +14,24 @@ Applied by ``bootstrap`` when BasicSR is imported.
 4. ``BaseModel.model_to_device`` wraps the network in DistributedDataParallel with
    ``device_ids=[torch.cuda.current_device()]``, which fails without a GPU: :func:`model_to_device` passes
    ``device_ids=None`` for a CPU model, so ``--launcher pytorch`` trains on CPUs with gloo.
+5. ``VideoBaseModel.dist_validation`` and ``VideoRecurrentModel.dist_validation`` (so EDVR, BasicVSR and the video
+   GANs) allocate their metric buffers with ``device='cuda'`` on their first validation, so video models cannot
+   validate on a CPU: :func:`video_metric_buffers` allocates the same buffers on the model's device first (the
+   originals only allocate when the model has none yet), then runs the original. ``VideoRecurrentModel``'s also
+   ``squeeze_``s the clip in place right after ``feed_data``; on a CPU ``.to(device)`` returns that same tensor,
+   so the model's input loses its batch dimension and BasicVSR fails: on a CPU, ``feed_data`` gets a copy.
+6. ``basicsr.utils.img_process_util.filter2D`` (Real-ESRGAN's on-the-fly degradations) ``.view()``s its input, but
+   ``DiffJPEG`` returns a channels-last tensor on today's PyTorch (and ``F.interpolate`` keeps that layout), so
+   Real-ESRNet/Real-ESRGAN training stops at its first ``feed_data``: :func:`contiguous_filter2D` passes a
+   contiguous tensor (the same values), in BasicSR's module and in every module already bound to the original.
 
 This module imports nothing else of issp_basicsr: everything else sits above it.
 """
+import functools
 import os
 import subprocess
+import sys
+from collections import Counter
 
 import torch
 import torch.distributed as dist
@@ -106,6 +119,58 @@ def model_to_device(self, net):
     return net
 
 
+def video_metric_buffers(dist_validation):
+    """Wrap a video model's ``dist_validation`` so its per-clip metric buffers (``[frames, metrics]`` float32 per
+    folder, zeroed by the original) live on ``self.device`` instead of the hard-coded ``'cuda'``, and so that on a
+    CPU the tensors it feeds the model are not the ones it reshapes in place."""
+    if getattr(dist_validation, '_issp_fixed', False):
+        return dist_validation
+
+    @functools.wraps(dist_validation)
+    def wrapper(self, dataloader, current_iter, tb_logger, save_img):
+        metrics = self.opt['val'].get('metrics')
+        if metrics is not None and not hasattr(self, 'metric_results'):
+            frames = Counter(dataloader.dataset.data_info['folder'])
+            self.metric_results = {
+                folder: torch.zeros(count, len(metrics), dtype=torch.float32, device=self.device)
+                for folder, count in frames.items()
+            }
+        if self.device.type != 'cpu' or 'feed_data' in vars(self):
+            return dist_validation(self, dataloader, current_iter, tb_logger, save_img)
+        feed_data = self.feed_data
+        self.feed_data = lambda data: feed_data({k: v.clone() if torch.is_tensor(v) else v for k, v in data.items()})
+        try:
+            return dist_validation(self, dataloader, current_iter, tb_logger, save_img)
+        finally:
+            del self.feed_data
+
+    wrapper._issp_fixed = True
+    return wrapper
+
+
+def contiguous_filter2D(filter2D):
+    """``filter2D`` on a contiguous copy of a non-contiguous input (a no-op for contiguous ones)."""
+    if getattr(filter2D, '_issp_fixed', False):
+        return filter2D
+
+    @functools.wraps(filter2D)
+    def wrapper(img, kernel):
+        return filter2D(img.contiguous(), kernel)
+
+    wrapper._issp_fixed = True
+    return wrapper
+
+
+def _fix_filter2D():
+    import basicsr.utils.img_process_util as img_process_util
+    original = img_process_util.filter2D
+    fixed = contiguous_filter2D(original)
+    img_process_util.filter2D = fixed
+    for name, module in list(sys.modules.items()):  # modules that imported the name before this fix
+        if name.split('.')[0] in ('basicsr', 'realesrgan') and getattr(module, 'filter2D', None) is original:
+            module.filter2D = fixed
+
+
 def apply():
     """Install every fix; safe to call more than once."""
     global _applied
@@ -119,4 +184,9 @@ def apply():
     basicsr.utils.options.init_dist = init_dist
     basicsr.train.load_resume_state = load_resume_state
     basicsr.models.base_model.BaseModel.model_to_device = model_to_device
+    from basicsr.models.video_base_model import VideoBaseModel
+    from basicsr.models.video_recurrent_model import VideoRecurrentModel
+    for cls in (VideoBaseModel, VideoRecurrentModel):
+        cls.dist_validation = video_metric_buffers(cls.dist_validation)
+    _fix_filter2D()
     _applied = True

@@ -5,13 +5,16 @@ Each error is one line that names the offending key (``datasets:train:dataroot_g
 import os
 
 import torch
-from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
+from basicsr.utils.registry import ARCH_REGISTRY
 
 from .errors import OptionError, SparsityConfigError, keys_under
-from .sparsity import SparsityConfig, check_layers
+from .models.factory import resolve_arch, resolve_model_type
+from .models.sparse_model import (SPARSITY_KEY, check_networks_in_options, check_weights_are_parameters,
+                                  configs_per_network, network_option_key, split_block)
+from .sparsity import SparsityConfig, check_layers, prunable_layers
 
+# model types that require train:sparsity (any other registered type may carry it)
 SPARSE_MODELS = ('ISSPSRModel', )
-SPARSITY_KEY = 'train:sparsity'  # where the block sits in a BasicSR option file: the prefix of its error messages
 
 
 def _check_path(key, path, lmdb):
@@ -59,35 +62,80 @@ def check_datasets(opt):
 
 
 def check_model(opt):
-    model_type = opt.get('model_type')
-    if model_type not in MODEL_REGISTRY:
-        raise OptionError(f'model_type: {model_type!r} is not a registered BasicSR model')
-    net_type = (opt.get('network_g') or {}).get('type')
-    if net_type not in ARCH_REGISTRY:
-        raise OptionError(f'network_g:type: {net_type!r} is not a registered BasicSR architecture')
+    """``model_type`` and every ``network_*:type`` are registered (installed plugins such as realesrgan are
+    imported for a name BasicSR does not know; BasicSR's own ``<name>_basicsr`` copies count, as its registry
+    falls back to them)."""
+    resolve_model_type(opt.get('model_type'))
+    for key in [k for k in opt if k.startswith('network_')] or ['network_g']:
+        net_type = (opt.get(key) or {}).get('type')
+        if resolve_arch(net_type) is None:
+            raise OptionError(f'{key}:type: {net_type!r} is not a registered BasicSR architecture')
+
+
+# model classes that skip the generator's optimizer step on some iterations (net_d_iters, net_d_init_iters)
+_GAN_CLASSES = ('SRGANModel', 'VideoRecurrentGANModel', 'HiFaceGANModel')
+
+
+def _check_generator_steps(opt, config, networks, total_iter):
+    """A GAN class steps optimizer_g only when ``iter % net_d_iters == 0 and iter > net_d_init_iters``; the mask
+    of net_g freezes at its first step at or after prune_iter, which must come by total_iter."""
+    _, cls = resolve_model_type(opt.get('model_type'))
+    if 'net_g' not in networks or not config.prunes or not any(c.__name__ in _GAN_CLASSES for c in cls.__mro__):
+        return
+    train_opt = opt['train']
+    every, after = train_opt.get('net_d_iters', 1), train_opt.get('net_d_init_iters', 0)
+    first = max(config.prune_iter, after + 1)
+    first = -(-first // every) * every
+    if first > total_iter:
+        raise SparsityConfigError(f'train:sparsity:prune_iter ({config.prune_iter}): {cls.__name__} steps net_g\'s '
+                                  f'optimizer next at iteration {first} (train:net_d_iters {every}, '
+                                  f'train:net_d_init_iters {after}), past train:total_iter ({total_iter}), so the '
+                                  'mask of net_g would never freeze')
 
 
 def check_sparsity(opt):
-    """Validate ``train: sparsity:`` and its exclude patterns against the architecture, built once on the CPU
-    with the RNG state set aside, so the real model gets the same initial weights as without this check."""
+    """Validate ``train: sparsity:`` and its exclude patterns against the architectures it prunes, built once on
+    the CPU with the RNG state set aside, so the real model gets the same initial weights as without this check.
+
+    Any registered model type may carry the block (it then trains ``Sparse<model_type>``); the types of
+    ``SPARSE_MODELS`` require it. Returns the config, or None for a run without the block."""
     train_opt = opt.get('train') or {}
-    if opt.get('model_type') not in SPARSE_MODELS:
-        if 'sparsity' in train_opt:
-            raise OptionError(f'train:sparsity is only read by model_type {" or ".join(SPARSE_MODELS)}, '
-                              f'not {opt.get("model_type")}')
+    model_type = opt.get('model_type')
+    required = model_type in SPARSE_MODELS
+    if 'sparsity' not in train_opt and not required:
         return None
     total_iter = train_opt.get('total_iter')
     if not isinstance(total_iter, int) or isinstance(total_iter, bool) or total_iter < 1:
         raise OptionError(f'train:total_iter must be an integer >= 1, got {total_iter!r}')
     if train_opt.get('sparsity') is None:
-        raise SparsityConfigError(f'train:sparsity is required by model_type {opt["model_type"]}')
+        if required:
+            raise SparsityConfigError(f'train:sparsity is required by model_type {model_type}')
+        raise SparsityConfigError('train:sparsity is empty: give its keys (at least method), or remove it to train '
+                                  'dense')
+    networks, block = split_block(train_opt['sparsity'])
+    check_networks_in_options(opt, networks)
     with keys_under(SPARSITY_KEY):
-        config = SparsityConfig.from_dict(train_opt['sparsity'], total_iter)
-        net_opt = dict(opt['network_g'])
-        # ARCH_REGISTRY directly, not build_network: its log call would set up BasicSR's logger before the log file.
-        with torch.random.fork_rng(devices=[]):
-            net = ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt)
-        check_layers(net, config)
+        config = SparsityConfig.from_dict(block, total_iter)
+    nets = {}
+    # ARCH_REGISTRY directly, not build_network: its log call would set up BasicSR's logger before the log file.
+    with torch.random.fork_rng(devices=[]):
+        for name in networks:
+            key = network_option_key(name)
+            net_opt = dict(opt[key])
+            arch = resolve_arch(net_opt.pop('type', None))
+            if arch is None:
+                raise OptionError(f'{key}:type: {opt[key].get("type")!r} is not a registered BasicSR architecture')
+            try:
+                nets[name] = ARCH_REGISTRY.get(arch)(**net_opt)
+            except FileNotFoundError as error:  # e.g. a pretrained SpyNet (spynet_path) that is not there
+                raise OptionError(f'{key}: {error.filename}: no such file (needed to build {arch})') from None
+    for name, net_config in configs_per_network(config, nets).items():
+        with keys_under(SPARSITY_KEY):
+            check_layers(nets[name], net_config)
+        if net_config.prunes:
+            pruned = [layer for layer, _ in prunable_layers(nets[name], net_config.exclude)]
+            check_weights_are_parameters(name, nets[name], pruned)
+    _check_generator_steps(opt, config, networks, total_iter)
     return config
 
 

@@ -16,14 +16,13 @@ from os import path as osp
 import basicsr.train
 import torch
 from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher
-from basicsr.models import build_model
 from basicsr.train import init_tb_loggers
 from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str, make_exp_dirs,
                            mkdir_and_rename)
 from basicsr.utils.options import copy_opt_file, dict2str, parse_options
 
 from .checkpoint import load_resume_state, remove_partial_files
-from .models import ISSPSRModel
+from .models import SparseModelMixin, build_model
 from .options import OptionError, validate_options
 from .resume import DataPosition, ResumableSampler, gather_rng_states, preserved_rng, restore_rng
 
@@ -88,7 +87,7 @@ def resume_generators(opt, resume_state, logger):
 def save_checkpoint(model, epoch, current_iter, position):
     """``model.save`` plus what an exact resume needs: the data position and every rank's RNG states (all ranks
     take part; rank 0 writes)."""
-    if isinstance(model, ISSPSRModel):
+    if isinstance(model, SparseModelMixin):
         model.save(epoch, current_iter, extra_state={'data': position.state_dict(), 'rng': gather_rng_states()})
     else:
         model.save(epoch, current_iter)
@@ -106,9 +105,10 @@ def log_summary(logger, model):
     for dataset, metrics in summary.items():
         parts = [f'{m} {v:.4f}' + (f' (bicubic {b:.4f})' if b is not None else '') for m, (v, b) in metrics.items()]
         logger.info(f'Final {dataset}: ' + ', '.join(parts))
-    sparsifier = getattr(model, 'sparsifier', None)
-    if sparsifier is not None:
-        logger.info(f'Final sparsity: {sparsifier.sparsity():.4f} of {sparsifier.num_weights():,} prunable weights '
+    sparsifiers = getattr(model, 'sparsifiers', None) or {}
+    for name, sparsifier in sparsifiers.items():
+        label = 'Final sparsity' if name == 'net_g' else f'Final sparsity of {name}'
+        logger.info(f'{label}: {sparsifier.sparsity():.4f} of {sparsifier.num_weights():,} prunable weights '
                     f'are exactly 0 (target {sparsifier.num_pruned() / sparsifier.num_weights():.4f}, '
                     f'{sparsifier.phase} stage)')
 
