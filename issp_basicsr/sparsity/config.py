@@ -167,7 +167,9 @@ class SparsityConfig:
         return config
 
     def _check_combinations(self, total_iter):
-        if total_iter is not None and self.prune_iter > total_iter:
+        # dense prunes nothing: its prune_iter (default 100000) matters only to hold the LR through a "stage"
+        stage = self.prunes or self.hold_lr_during_pruning
+        if stage and total_iter is not None and self.prune_iter > total_iter:
             raise SparsityConfigError(f'{OPTION_PREFIX}:prune_iter ({self.prune_iter}) is past '
                                       f'train:total_iter ({total_iter})')
         if self.reg_max < self.reg_step:
