@@ -255,7 +255,7 @@ def check_numbers(opt):
             if key not in node or node[key] is None or isinstance(node[key], str):
                 continue
             value = node[key]
-            if kind == 'int' and not _is_int(value):
+            if kind == 'int' and not _is_int(value) and not isinstance(value, float):  # floats: normalize_integers
                 problems.append(f'{prefix}:{key} must be a whole number, got {value!r}')
             elif kind == 'number' and not _is_number(value):
                 problems.append(f'{prefix}:{key} must be a number, got {value!r}')
@@ -467,7 +467,12 @@ def check_networks(opt):
         if cls is None:
             continue  # reported by check_model / check_type_names
         arguments = _check_arguments(key, cls, {k: v for k, v in net_opt.items() if k != 'type'})
+        arguments += _check_heads(key, net_opt)
         problems += arguments
+        if key == 'network_g' and _is_int(net_opt.get('upscale')) and _is_int(opt.get('scale')) \
+                and net_opt['upscale'] != opt['scale']:
+            problems.append(f'network_g:upscale ({net_opt["upscale"]}) differs from scale ({opt["scale"]}), the '
+                            'factor of the data: the output would not match the GT images')
         if key == 'network_g' and not arguments:
             kwargs = copy.deepcopy({k: v for k, v in net_opt.items() if k != 'type'})
             try:
@@ -476,18 +481,22 @@ def check_networks(opt):
             except Exception as error:  # the architecture's own assertion or shape error, as one line
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else ''
                 problems.append(f'network_g: {net_opt.get("type")} cannot be built from these settings '
-                                f'({type(error).__name__}{": " + reason if reason else ""})'
-                                f'{_arch_hint(net_opt)}')
+                                f'({type(error).__name__}{": " + reason if reason else ""})')
     return problems, built
 
 
-def _arch_hint(net_opt):
+def _check_heads(key, net_opt):
+    """Attention splits the embedding into ``num_heads`` parts (SwinIR and its kind): each count must divide
+    ``embed_dim``, else the first forward pass fails (the constructor does not check it)."""
     embed, heads = net_opt.get('embed_dim'), net_opt.get('num_heads')
-    if _is_int(embed) and isinstance(heads, (list, tuple)):
-        bad = [h for h in heads if _is_int(h) and h > 0 and embed % h]
-        if bad:
-            return f'; network_g:num_heads {list(heads)} must divide network_g:embed_dim {embed}'
-    return ''
+    heads = [heads] if _is_int(heads) else heads
+    if not _is_int(embed) or not isinstance(heads, (list, tuple)):
+        return []
+    bad = [h for h in heads if not _is_int(h) or h < 1 or embed % h]
+    if bad:
+        return [f'{key}:num_heads {list(heads)}: every head count must divide {key}:embed_dim ({embed}); '
+                f'{bad[0]} does not']
+    return []
 
 
 def _model_class(opt):
@@ -508,7 +517,7 @@ def check_optimizers(opt):
         if not key.startswith('optim_') or not _mapping(node):
             continue
         kwargs = copy.deepcopy({k: v for k, v in node.items() if k != 'type'})
-        if any(isinstance(v, str) for v in kwargs.values()):
+        if any(_has_string(v) for v in kwargs.values()):
             continue  # already reported (a number written as a string)
         optimizer, error = _try_optimizer(cls, node.get('type'), kwargs)
         if isinstance(error, NotImplementedError):
@@ -521,8 +530,7 @@ def check_optimizers(opt):
         else:
             optimizers.append(optimizer)
     scheduler = train.get('scheduler')
-    if _mapping(scheduler) and optimizers and not any(isinstance(v, str) and k != 'type'
-                                                      for k, v in scheduler.items()):
+    if _mapping(scheduler) and optimizers and not any(_has_string(v) for k, v in scheduler.items() if k != 'type'):
         error = _try_scheduler(cls, scheduler, optimizers[0])
         if isinstance(error, NotImplementedError):
             known = [name for name in _scheduler_candidates()
@@ -532,6 +540,12 @@ def check_optimizers(opt):
         elif error is not None:
             problems.append(f'train:scheduler: {scheduler.get("type")} rejects these settings ({_short(error)})')
     return problems
+
+
+def _has_string(value):
+    if isinstance(value, (list, tuple)):
+        return any(_has_string(v) for v in value)
+    return isinstance(value, str)
 
 
 def _short(error):
@@ -603,7 +617,9 @@ def check_dataset_files(opt, notes):
             except OptionError as error:
                 problems.append(str(error))
                 bad_root = True
-        if not bad_root and dataset.get('type') == 'PairedImageDataset':
+        from basicsr.utils.file_client import FileClient
+        if not bad_root and dataset.get('type') == 'PairedImageDataset' \
+                and dataset['io_backend'].get('type') in FileClient._backends:
             problems += _check_pairs(opt, phase, dataset, lmdb)
     return problems
 
@@ -657,7 +673,9 @@ def _check_pairs(opt, phase, dataset, lmdb):
                         'images')
     if dataset.get('phase', phase.split('_')[0]) == 'train':
         gt_size = dataset.get('gt_size')
-        if not _is_int(gt_size) or gt_size < 1:
+        if isinstance(gt_size, str):
+            pass  # reported by the number scan
+        elif not _is_int(gt_size) or gt_size < 1:
             problems.append(f'{prefix}:gt_size must be an integer >= 1 (the GT patch size), got {gt_size!r}')
         else:
             if gt_size % scale:
