@@ -334,6 +334,24 @@ def check_counts(opt, is_train):
 # ------------------------------------------------------------------------------------------------- types
 
 
+# path keys parse_options sets; make_exp_dirs creates a folder for every other key but these patterns
+_GENERATED_PATHS = ('experiments_root', 'models', 'training_states', 'log', 'visualization', 'results_root')
+_PATH_KEYS = ('pretrain_network_g', 'strict_load_g', 'param_key_g', 'resume_state', 'pretrain_network_d',
+              'strict_load_d', 'param_key_d', 'ignore_resume_networks')
+
+
+def check_path_keys(opt):
+    """``path:`` keys BasicSR does not read: make_exp_dirs would make a folder of each (or fail on ``~``)."""
+    problems = []
+    for key, value in (opt.get('path') or {}).items():
+        if key in _GENERATED_PATHS or any(w in key for w in ('strict_load', 'pretrain_network', 'resume',
+                                                            'param_key')):
+            continue
+        problems.append(f'path:{key} is not read by BasicSR 1.4.2{_suggest(key, _PATH_KEYS)} (make_exp_dirs would '
+                        f'create a folder named by its value {value!r}); its keys: {", ".join(_PATH_KEYS)}')
+    return problems
+
+
 def check_phases(opt, is_train):
     problems = []
     phases = [phase for phase in (opt.get('datasets') or {})]
@@ -672,6 +690,11 @@ def _check_pairs(opt, phase, dataset, lmdb):
                         f'{scale} (scale: {scale}); set scale to the data\'s factor or point dataroot_lq at the x{scale} '
                         'images')
     if dataset.get('phase', phase.split('_')[0]) == 'train':
+        for key, old in (('use_hflip', 'use_flip'), ('use_rot', None)):
+            if key not in dataset:
+                hint = f' ({old} is not read by BasicSR 1.4.2: write {key})' if old and old in dataset else ''
+                problems.append(f'{prefix}:{key} is required by PairedImageDataset for training (true or '
+                                f'false){hint}')
         gt_size = dataset.get('gt_size')
         if isinstance(gt_size, str):
             pass  # reported by the number scan

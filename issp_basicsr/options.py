@@ -9,7 +9,8 @@ from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
 from .errors import InputError, OptionError, SparsityConfigError
 from .option_checks import (OptionProblems, apply_force_yml, check_counts, check_dataset_files, check_networks,
-                            check_number_strings, check_numbers, check_optimizers, check_phases, check_pretrained,
+                            check_number_strings, check_numbers, check_optimizers, check_path_keys,
+                            check_phases, check_pretrained,
                             check_structure, check_type_names, normalize_integers, read_option_file, registered)
 from .sparsity import SparsityConfig, check_layers
 
@@ -115,6 +116,7 @@ def validate_options(opt, is_train=True):
     problems += check_number_strings(opt)
     problems += check_numbers(opt)
     problems += check_phases(opt, is_train)
+    problems += check_path_keys(opt)
     problems += check_counts(opt, is_train)
     model_ok = True
     try:
