@@ -113,9 +113,18 @@ def common_options(base, iters=None, batch=None, overrides=(), base_dir=ROOT, ke
 
 
 def apply_overrides(opt, overrides):
+    """``--set KEY=VALUE``: VALUE read as YAML, numbers as YAML 1.2 reads them (2e-4 is the float 0.0002, not
+    the string PyYAML's YAML 1.1 makes of it); a quoted value stays a string."""
+    import re
     for override in overrides:
-        key, _, text = override.partition('=')
-        set_key(opt, key, yaml.safe_load(text))
+        key, sep, text = override.partition('=')
+        if not sep or not key.strip():
+            raise SystemExit(f'compare_methods: --set {override}: write KEY:SUBKEY=VALUE')
+        value = yaml.safe_load(text)
+        if isinstance(value, str) and value == text.strip() and re.fullmatch(
+                r'[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?', value):
+            value = float(value) if any(c in value for c in '.eE') else int(value)
+        set_key(opt, key.strip(), value)
 
 
 def sparsity_block(method, ratio, shared_block):

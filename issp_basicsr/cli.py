@@ -23,9 +23,25 @@ def usage():
 
 
 def user_errors():
-    """Errors that mean bad input: reported as one line, without a traceback."""
+    """Errors that mean bad input or a failed file operation (a missing folder, a full disk, no permission):
+    reported as one line each, without a traceback."""
     from .errors import InputError
-    return (InputError, FileNotFoundError, yaml.YAMLError)
+    return (InputError, OSError, yaml.YAMLError)
+
+
+def error_lines(error):
+    """The lines to print for ``error``: every problem of an option file (``OptionProblems.problems``), else the
+    first line of the message; an OSError names its file."""
+    problems = getattr(error, 'problems', None)
+    if problems:
+        return list(problems)
+    if isinstance(error, OSError) and error.strerror:
+        names = [n for n in (error.filename, error.filename2) if n is not None]
+        return [f'{" -> ".join(map(str, names)) + ": " if names else ""}{error.strerror}']
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return [f'{mark.name}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: {error.problem}']
+    return [str(error).splitlines()[0] if str(error) else type(error).__name__]
 
 
 def main(argv=None):
@@ -43,8 +59,8 @@ def main(argv=None):
         module = importlib.import_module(COMMANDS[command][0])
         return module.main(rest) or 0
     except errors as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f'basicsr {command}: error: {message}', file=sys.stderr)
+        for line in error_lines(error):
+            print(f'basicsr {command}: error: {line}', file=sys.stderr)
         return 2
 
 

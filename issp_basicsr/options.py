@@ -7,10 +7,14 @@ import os
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from .errors import OptionError, SparsityConfigError, keys_under
+from .errors import InputError, OptionError, SparsityConfigError, keys_under
 from .models.factory import resolve_arch, resolve_model_type
 from .models.sparse_model import (SPARSITY_KEY, check_networks_in_options, check_weights_are_parameters,
                                   configs_per_network, network_option_key, split_block)
+from .option_checks import (OptionProblems, apply_force_yml, check_counts, check_dataset_files, check_networks,
+                            check_number_strings, check_numbers, check_optimizers, check_path_keys,
+                            check_phases, check_pretrained,
+                            check_structure, check_type_names, normalize_integers, read_option_file)
 from .sparsity import SparsityConfig, check_layers, prunable_layers
 
 # model types that require train:sparsity (any other registered type may carry it)
@@ -54,11 +58,10 @@ def _check_lmdb_is_whole(key, path):
 
 
 def check_datasets(opt):
-    for phase, dataset in opt.get('datasets', {}).items():
-        lmdb = (dataset.get('io_backend') or {}).get('type') == 'lmdb'
-        for key in ('dataroot_gt', 'dataroot_lq', 'meta_info_file'):
-            if dataset.get(key) is not None:
-                _check_path(f'datasets:{phase}:{key}', dataset[key], lmdb and key != 'meta_info_file')
+    """The dataset part of :func:`validate_options` alone: roots, LMDBs, LQ/GT pairs (all problems at once)."""
+    problems = check_dataset_files(opt, [])
+    if problems:
+        raise OptionProblems(problems)
 
 
 def check_model(opt):
@@ -139,8 +142,53 @@ def check_sparsity(opt):
     return config
 
 
+def _first_line(error):
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def check_raw_file(path, force_yml, is_train):
+    """Before BasicSR's ``parse_options`` reads the file: it is YAML (else one line with file, line, column),
+    the ``--force_yml`` entries apply, and the keys parse_options indexes are there. Raises OptionProblems."""
+    opt = read_option_file(path)
+    problems = apply_force_yml(opt, force_yml)
+    problems += check_structure(opt, is_train)
+    if problems:
+        raise OptionProblems(problems)
+    return opt
+
+
 def validate_options(opt, is_train=True):
-    check_model(opt)
-    if is_train:
-        check_sparsity(opt)
-    check_datasets(opt)
+    """Check the whole parsed option dict; raise one :class:`OptionProblems` listing every problem (one line
+    each, naming the key), else return the notes to log (settings BasicSR ignores). Iteration counts written as
+    integral floats become ints in ``opt``, as BasicSR's ``int()`` reads them."""
+    problems, notes = [], []
+    problems += normalize_integers(opt)
+    problems += check_number_strings(opt)
+    problems += check_numbers(opt)
+    problems += check_phases(opt, is_train)
+    problems += check_path_keys(opt)
+    problems += check_counts(opt, is_train)
+    model_ok = True
+    try:
+        check_model(opt)
+    except InputError as error:
+        problems.append(_first_line(error))
+        model_ok = False
+    problems += check_type_names(opt, is_train)
+    network_problems, net = check_networks(opt) if model_ok else ([], None)
+    problems += network_problems
+    if is_train and model_ok:
+        problems += check_optimizers(opt)
+    # the sparsity block is checked against the network, so only once the network and total_iter are sound
+    blocked = any(p.startswith(('train:sparsity', 'train:total_iter')) for p in problems)
+    if is_train and model_ok and not network_problems and not blocked:
+        try:
+            check_sparsity(opt)
+        except InputError as error:
+            problems.append(_first_line(error))
+    problems += check_dataset_files(opt, notes)
+    if model_ok and not network_problems:
+        problems += check_pretrained(opt, is_train, net)
+    if problems:
+        raise OptionProblems(list(dict.fromkeys(problems)))
+    return notes

@@ -14,7 +14,7 @@ from .train import log_summary, parse
 
 def test_pipeline(argv):
     opt, _ = parse(argv, is_train=False)
-    validate_options(opt, is_train=False)
+    notes = validate_options(opt, is_train=False)  # every problem of the file, before anything is written
     torch.backends.cudnn.benchmark = True
 
     make_exp_dirs(opt)
@@ -22,6 +22,8 @@ def test_pipeline(argv):
     logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
     logger.info(get_env_info())
     logger.info(dict2str(opt))
+    for note in notes:
+        logger.info(note)
 
     test_loaders = []
     for _, dataset_opt in sorted(opt['datasets'].items()):

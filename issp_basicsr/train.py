@@ -6,6 +6,7 @@ works without a GPU and continues exactly where the run stopped (the epoch's rem
 states; see ``resume.py``); validation does not move the training's RNG; and the run ends with a summary
 (validation metrics beside bicubic, achieved sparsity).
 """
+import argparse
 import datetime
 import logging
 import os
@@ -22,13 +23,22 @@ from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logge
 from basicsr.utils.options import copy_opt_file, dict2str, parse_options
 
 from .checkpoint import load_resume_state, remove_partial_files
+from .lock import experiment_lock
 from .models import SparseModelMixin, build_model
-from .options import OptionError, validate_options
+from .options import OptionError, check_raw_file, validate_options
 from .resume import DataPosition, ResumableSampler, gather_rng_states, preserved_rng, restore_rng
 
 
 def parse(argv, is_train):
-    """BasicSR's argument parser and option parsing, on ``argv`` rather than ``sys.argv``."""
+    """BasicSR's argument parser and option parsing, on ``argv`` rather than ``sys.argv``. The file is read and
+    its ``--force_yml`` entries checked first, so that a YAML error, a malformed entry or a missing section is
+    one line (see ``options.check_raw_file``) rather than a traceback from ``parse_options``."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument('-opt')
+    early.add_argument('--force_yml', nargs='+')
+    known, _ = early.parse_known_args(list(argv))
+    if known.opt is not None:
+        check_raw_file(known.opt, known.force_yml, is_train)
     saved = sys.argv
     sys.argv = [f'basicsr {"train" if is_train else "test"}'] + list(argv)
     try:
@@ -115,7 +125,12 @@ def log_summary(logger, model):
 
 def train_pipeline(argv):
     opt, args = parse(argv, is_train=True)
-    validate_options(opt, is_train=True)
+    notes = validate_options(opt, is_train=True)  # every problem of the file, before anything is written
+    with experiment_lock(opt) as lock_warning:  # before the folder is looked at, archived or resumed from
+        return _train(opt, args, notes + ([lock_warning] if lock_warning else []))
+
+
+def _train(opt, args, notes):
     torch.backends.cudnn.benchmark = True
 
     resume_state, resume_warnings = load_resume_state(opt)
@@ -129,6 +144,8 @@ def train_pipeline(argv):
     logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
     logger.info(get_env_info())
     logger.info(dict2str(opt))
+    for note in notes:
+        (logger.warning if note.startswith('Took over') else logger.info)(note)
     report_resume(opt, resume_state, resume_warnings, logger)
     tb_logger = init_tb_loggers(opt)
 

@@ -54,6 +54,10 @@ def build_parser():
 
 def main(argv):
     args = build_parser().parse_args(argv)
+    from ..option_checks import check_output_folder
+    output = args.root if args.command == 'sample' else (args.output or os.path.join(
+        'datasets', TRAINING_SETS.get(args.command, 'benchmark')))
+    check_output_folder('--root' if args.command == 'sample' else '--output', output)
     if args.command == 'sample':
         build_sample(args.root, args.scales, force=args.force)
     elif args.command in TRAINING_SETS:

@@ -228,6 +228,9 @@ def main(argv):
     if args.threads:
         torch.set_num_threads(args.threads)
     opt = read_options(args.opt)
+    out = args.json or f'{opt.get("name", "model")}_efficiency.json'
+    from ..option_checks import check_output_file
+    check_output_file('--json', out)  # before the measurement, not after it
     net = build_network(opt, args.opt)
     path = checkpoint_path(opt, args.input, args.opt)
     checkpoint = load_checkpoint(path)
@@ -243,7 +246,6 @@ def main(argv):
                                max_density=args.max_density, latency=not args.no_latency)
     report.update(options=os.path.abspath(args.opt), checkpoint=os.path.abspath(path), param_key=key)
     print(format_table(report))
-    out = args.json or f'{opt.get("name", "model")}_efficiency.json'
     with open(out, 'w') as f:
         json.dump(report, f, indent=2)
     print(f'JSON written to {out}')

@@ -92,7 +92,9 @@ def onnx_command(args):
 
 def main(argv):
     from ..errors import OptionError
+    from ..option_checks import check_output_file
     args = parse_args(argv)
+    check_output_file('-o', args.output)  # before any work: a missing folder is one line, not a traceback
     if args.onnx:
         if args.half:
             raise OptionError('--half does not apply to --onnx')

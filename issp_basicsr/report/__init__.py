@@ -67,6 +67,8 @@ def main(argv) -> int:
     args = parser.parse_args(argv)
     if args.labels is not None and len(args.labels) != len(args.experiments):
         parser.error(f'--labels: {len(args.labels)} labels for {len(args.experiments)} experiments')
+    from ..option_checks import check_output_folder
+    check_output_folder('-o', args.out)  # before any experiment is read
     _, figures, notes, table = make_report(args.experiments, args.out, args.labels, args.title, not args.no_weights)
     print(table)
     print()

@@ -181,7 +181,9 @@ class SparsityConfig:
         return config
 
     def _check_combinations(self, total_iter):
-        if total_iter is not None and self.prune_iter > total_iter:
+        # dense prunes nothing: its prune_iter (default 100000) matters only to hold the LR through a "stage"
+        stage = self.prunes or self.hold_lr_during_pruning
+        if stage and total_iter is not None and self.prune_iter > total_iter:
             raise SparsityConfigError(f'prune_iter ({self.prune_iter}) is past the total_iter ({total_iter}) of '
                                       'the run', 'prune_iter')
         if self.reg_max < self.reg_step:
