@@ -276,7 +276,8 @@ def test_basicsr_train_prunes_a_tiny_cat_and_test_evaluates_it(tiny_pairs, tmp_p
     net = CAT(upscale=4, **TINY)
     net.load_state_dict(torch.load(weights, weights_only=True)['params'], strict=True)
     for name, module in prunable_layers(net, []):
-        assert int((module.weight == 0).sum()) == pruned_count(0.9, module.weight.numel()), name
+        n = module.weight.numel()
+        assert int((module.weight == 0).sum()) == min(pruned_count(0.9, n), n - 1), name  # one weight kept
     # tested on an image whose LR (22 x 25) is not a multiple of the 4-pixel windows: padded inside forward
     from skimage import data
     _write_pairs(str(tmp_path / 'odd'), [data.rocket()[:88, :100].astype(np.float32) / 255], 4)
