@@ -311,28 +311,40 @@ def comparison_table(results, methods, ratios):
     return markdown_table(header, rows), dataset
 
 
+def spread_note(margin, std_a, std_b):
+    """How a margin between two means over seeds compares with their spread: ``inside the seed spread`` when
+    ``|margin|`` is at most the larger of the two standard deviations, ``outside ...`` when above it."""
+    stds = [s for s in (std_a, std_b) if s is not None]
+    if not stds:
+        return 'one seed each: no spread to compare with'
+    spread = max(stds)
+    where = 'inside' if abs(margin) <= spread else 'outside'
+    return f'{where} the seed spread (larger std {spread:.2f} dB)'
+
+
 def verdict(results, methods, ratios, dataset):
-    """Plain sentences: which method won each ratio and ISS-P's margin over the best other pruning method."""
+    """Plain sentences: which method won each ratio and ISS-P's margin over the best other pruning method,
+    with whether that margin is inside the spread over seeds."""
     lines = []
     for ratio in ratios:
         scores = {}
         for method in methods:
             if method == 'dense':
                 continue
-            mean, _ = mean_std([e.final_metric(dataset, 'psnr')[0] for e in results.get((method, ratio), [])])
+            mean, std = mean_std([e.final_metric(dataset, 'psnr')[0] for e in results.get((method, ratio), [])])
             if mean is not None:
-                scores[method] = mean
+                scores[method] = (mean, std)
         if not scores:
             continue
-        winner = max(scores, key=scores.get)
-        line = f'ratio {ratio:g}: best PSNR {winner} ({scores[winner]:.2f} dB)'
+        winner = max(scores, key=lambda m: scores[m][0])
+        line = f'ratio {ratio:g}: best PSNR {winner} ({scores[winner][0]:.2f} dB)'
         if 'issp' in scores:
             others = {m: s for m, s in scores.items() if m != 'issp'}
             if others:
-                rival = max(others, key=others.get)
-                margin = scores['issp'] - others[rival]
+                rival = max(others, key=lambda m: others[m][0])
+                margin = scores['issp'][0] - others[rival][0]
                 line += f'; ISS-P {"leads" if margin > 0 else "trails"} the best other method ({rival}) by ' \
-                        f'{abs(margin):.2f} dB'
+                        f'{abs(margin):.2f} dB, {spread_note(margin, scores["issp"][1], others[rival][1])}'
         lines.append(line)
     dense = mean_std([e.final_metric(dataset, 'psnr')[0] for e in results.get(('dense', None), [])])[0]
     bicubic = [e.final_metric(dataset, 'psnr')[1] for g in results.values() for e in g]

@@ -263,3 +263,40 @@ def test_overrides_apply_before_the_budget_and_paths_become_absolute(compare, ti
     assert common['datasets']['train']['dataroot_lq'] == '/data/root/relative/lq'
     assert common['val']['val_freq'] == 7  # an explicit override wins over the budget's frequency
     assert common['train']['total_iter'] == 20
+
+
+def fake_results(scores, dataset='set', bicubic=28.0):
+    """{(method, ratio): [Experiment, ...]} with final PSNRs ``scores[(method, ratio)]``, one per seed."""
+    from issp_basicsr.report import Experiment
+    return {key: [Experiment(name=f'{key[0]}_{i}', path='.', final={dataset: {'psnr': (v, bicubic)}})
+                  for i, v in enumerate(values)] for key, values in scores.items()}
+
+
+def test_verdict_says_when_a_margin_is_inside_the_seed_spread(compare):
+    results = fake_results({
+        ('dense', None): [33.0, 33.2],
+        ('issp', 0.9): [30.0, 30.4], ('iht', 0.9): [30.0, 30.2],  # margin 0.10, stds 0.28 / 0.14: inside
+        ('issp', 0.99): [28.0, 28.1], ('iht', 0.99): [29.0, 29.3],  # margin -1.10, stds 0.07 / 0.21: outside
+        ('issp', 0.95): [29.0, 29.2], ('iht', 0.95): [28.9, 29.1],  # margin 0.10, stds 0.14 / 0.14: inside
+    })
+    lines = compare.verdict(results, ['dense', 'iht', 'issp'], [0.9, 0.95, 0.99], 'set')
+    assert lines == [
+        'ratio 0.9: best PSNR issp (30.20 dB); ISS-P leads the best other method (iht) by 0.10 dB, '
+        'inside the seed spread (larger std 0.28 dB)',
+        'ratio 0.95: best PSNR issp (29.10 dB); ISS-P leads the best other method (iht) by 0.10 dB, '
+        'inside the seed spread (larger std 0.14 dB)',
+        'ratio 0.99: best PSNR iht (29.15 dB); ISS-P trails the best other method (iht) by 1.10 dB, '
+        'outside the seed spread (larger std 0.21 dB)',
+        'dense model: 33.10 dB, +5.10 dB over bicubic (28.00 dB)',
+    ]
+
+
+def test_spread_note_boundary_and_single_seed(compare):
+    assert compare.spread_note(0.2, 0.2, 0.1) == 'inside the seed spread (larger std 0.20 dB)'  # |margin| == std
+    assert compare.spread_note(-0.21, 0.05, 0.2) == 'outside the seed spread (larger std 0.20 dB)'
+    assert compare.spread_note(-0.1, None, 0.3) == 'inside the seed spread (larger std 0.30 dB)'
+    assert compare.spread_note(0.5, None, None) == 'one seed each: no spread to compare with'
+    results = fake_results({('issp', 0.9): [30.5], ('iht', 0.9): [30.0]})
+    assert compare.verdict(results, ['iht', 'issp'], [0.9], 'set') == [
+        'ratio 0.9: best PSNR issp (30.50 dB); ISS-P leads the best other method (iht) by 0.50 dB, '
+        'one seed each: no spread to compare with']
