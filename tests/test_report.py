@@ -128,6 +128,8 @@ def test_report_command_writes_figures_table_and_notes(tiny_run, tmp_path, capsy
     assert code == 0
     expected = ['validation_tinyval.png', 'sparsity.png', 'layer_sparsity.png', 'mask_change.png',
                 'grad_norms.png', 'loss.png']
+    if load_experiment(str(root / 'experiments' / 'rep_issp')).series.get('sparsity/unimportant_abs_mean'):
+        expected.append('residue.png')  # once the pruning core logs the residue scalars
     for name in expected:
         data = (out / name).read_bytes()
         assert data[:8] == PNG_SIGNATURE and len(data) > 5000, name
@@ -300,3 +302,70 @@ def test_spread_note_boundary_and_single_seed(compare):
     assert compare.verdict(results, ['iht', 'issp'], [0.9], 'set') == [
         'ratio 0.9: best PSNR issp (30.50 dB); ISS-P leads the best other method (iht) by 0.50 dB, '
         'one seed each: no spread to compare with']
+
+
+# ------------------------------------------------------------------------------------------- residue figure
+def fake_run(root, name, method='issp', lr=2e-4, alpha=0.95, residue=True, prune_iter=40):
+    """An experiment folder as BasicSR leaves it: the option file and a training log every 10 iterations up to
+    60; with ``residue`` the log lines carry the unimportant set's mean and max |w| (mean = iteration·1e-5,
+    max = 3x the mean)."""
+    folder = root / 'experiments' / name
+    folder.mkdir(parents=True)
+    sparsity = {'method': method, 'ratio': 0.99, 'prune_iter': prune_iter}
+    if method == 'issp':
+        sparsity['alpha'] = alpha
+    options = {'name': name, 'train': {'optim_g': {'type': 'Adam', 'lr': lr}, 'total_iter': 60,
+                                       'sparsity': sparsity}}
+    (folder / f'{name}.yml').write_text(yaml.safe_dump(options))
+    lines = []
+    for iteration in range(10, 70, 10):
+        scalars = f'l_pix: {0.1 / iteration:.4e} sparsity/zeros: 0.0000e+00 '
+        if residue:
+            scalars += f'sparsity/unimportant_abs_mean: {iteration * 1e-5:.4e} ' \
+                       f'sparsity/unimportant_abs_max: {iteration * 3e-5:.4e} '
+        lines.append(f'2026-01-01 10:00:{iteration // 10:02d},000 INFO: [{name[:5]}..][epoch:  0, iter: '
+                     f'{iteration:7,d}, lr:({lr:.3e},)] [eta: 0:01:00, time (data): 0.100 (0.010)] {scalars}')
+    (folder / f'train_{name}_20260101_100000.log').write_text('\n'.join(lines) + '\n')
+    return str(folder)
+
+
+def test_residue_figure_draws_logged_runs_with_their_reference_and_skips_the_others(tmp_path):
+    from issp_basicsr.report.figures import residue_figure, residue_reference, residue_summary
+    paths = [fake_run(tmp_path, 'a95_lr2e-4'), fake_run(tmp_path, 'a5_lr2e-3', lr=2e-3, alpha=0.5),
+             fake_run(tmp_path, 'iht', method='iht'), fake_run(tmp_path, 'old_core', residue=False)]
+    experiments = [load_experiment(p, read_weights=False) for p in paths]
+    assert experiments[0].series['sparsity/unimportant_abs_max'][40] == pytest.approx(1.2e-3)
+    assert residue_reference(experiments[0]) == pytest.approx((0.95, 2e-4, 0.95 * 2e-4 / 0.05))
+    assert residue_reference(experiments[1]) == pytest.approx((0.5, 2e-3, 2e-3))
+    assert residue_reference(experiments[2]) == (None, None, None)
+    out = tmp_path / 'fig'
+    out.mkdir()
+    labels = {e.name: e.name for e in experiments}
+    path, notes = residue_figure(experiments, str(out), labels)
+    assert path == str(out / 'residue.png')
+    data = (out / 'residue.png').read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 5000
+    assert notes == [
+        'residue.png: old_core logged no sparsity/unimportant_abs_mean / sparsity/unimportant_abs_max; left out',
+        'residue.png: iht is not an ISS-P run with alpha < 1 and a numeric lr; no reference line']
+    # the values at the last log of the pruning stage (iteration 40), not of fine-tuning (50, 60)
+    rows = residue_summary(experiments)
+    assert [row['name'] for row in rows] == ['a95_lr2e-4', 'a5_lr2e-3', 'iht']
+    assert rows[0]['mean'] == pytest.approx(4e-4) and rows[0]['max'] == pytest.approx(1.2e-3)
+    assert rows[0]['reference'] == pytest.approx(3.8e-3) and rows[2]['reference'] is None
+
+
+def test_residue_figure_is_skipped_with_a_note_without_the_scalars(tmp_path):
+    from issp_basicsr.report import make_report
+    from issp_basicsr.report.figures import residue_figure
+    old = fake_run(tmp_path, 'old_core', residue=False)
+    path, notes = residue_figure([load_experiment(old, read_weights=False)], str(tmp_path), {'old_core': 'x'})
+    assert path is None
+    assert notes == ['residue.png: no experiment logged sparsity/unimportant_abs_mean or '
+                     'sparsity/unimportant_abs_max (the pruning core logs them during the pruning stage); skipped']
+    # the report draws it only when some experiment has the scalars
+    _, figures, _, _ = make_report([old], str(tmp_path / 'without'), quiet=True, read_weights=False)
+    assert 'residue.png' not in map(os.path.basename, figures)
+    new = fake_run(tmp_path, 'new_core')
+    _, figures, _, _ = make_report([old, new], str(tmp_path / 'with'), quiet=True, read_weights=False)
+    assert str(tmp_path / 'with' / 'residue.png') in figures
