@@ -369,3 +369,61 @@ def test_residue_figure_is_skipped_with_a_note_without_the_scalars(tmp_path):
     new = fake_run(tmp_path, 'new_core')
     _, figures, _, _ = make_report([old, new], str(tmp_path / 'with'), quiet=True, read_weights=False)
     assert str(tmp_path / 'with' / 'residue.png') in figures
+
+
+@pytest.fixture(scope='module')
+def residue():
+    spec = importlib.util.spec_from_file_location('residue', os.path.join(ROOT, 'benchmarks', 'residue.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_residue_runs_differ_only_in_lr_alpha_and_name(residue, tiny_pairs, tmp_path):
+    base = tiny_options(tiny_pairs, name='base', prune_iter=100, hold_lr_during_pruning=True)
+    base['train'].update(total_iter=300, scheduler={'type': 'MultiStepLR', 'milestones': [150, 250], 'gamma': 0.5})
+    out = tmp_path / 'res'
+    assert residue.main(['--base', write_options(tmp_path / 'base.yml', base), '--iters', '30', '--out', str(out),
+                         '--dry-run']) == 0
+    options = {path.stem: yaml.safe_load(path.read_text()) for path in sorted((out / 'options').iterdir())}
+    expected = {f'res_issp_r0.99_lr{lr}_a{alpha}_s0': (float(lr), float(alpha))
+                for lr in ('0.0002', '0.002') for alpha in ('0.5', '0.8', '0.95')}
+    assert set(options) == set(expected)
+    stripped = []
+    for name, opt in options.items():
+        lr, alpha = expected[name]
+        assert opt['name'] == name and opt['train']['optim_g']['lr'] == lr
+        block = opt['train'].pop('sparsity')
+        assert (block['method'], block['ratio'], block['alpha'], block['prune_iter']) == ('issp', 0.99, alpha, 10)
+        assert opt['val']['val_freq'] == 30 and opt['logger']['print_freq'] == 1
+        opt['train']['optim_g'].pop('lr')
+        stripped.append({k: v for k, v in opt.items() if k != 'name'})
+    assert all(s == stripped[0] for s in stripped)
+    with pytest.raises(SystemExit, match='^residue: --alphas must lie in \\[0, 1\\), got 1$'):
+        residue.main(['--alphas', '1', '--dry-run', '--out', str(tmp_path / 'bad')])
+
+
+@pytest.mark.slow
+def test_residue_trains_and_reports(residue, tiny_pairs, tmp_path, monkeypatch):
+    base = tiny_options(tiny_pairs, name='base', prune_iter=4)
+    base['train']['total_iter'] = 8
+    out = tmp_path / 'res'
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    args = ['--base', write_options(tmp_path / 'base.yml', base), '--iters', '8', '--lrs', '2e-4', '--alphas', '0.5',
+            '0.95', '--out', str(out)]
+    assert residue.main(args) == 0
+    results = (out / 'results.md').read_text()
+    rows = [line for line in results.splitlines() if line.startswith('| res_issp')]
+    assert [row.split('|')[1].strip() for row in rows] == ['res_issp_r0.99_lr0.0002_a0.5_s0',
+                                                           'res_issp_r0.99_lr0.0002_a0.95_s0']
+    cells = [cell.strip() for cell in rows[1].strip('|').split('|')]
+    assert cells[1:4] == ['0.0002', '0.95', '3.80e-03'] and cells[7] != '–'  # the final PSNR is there
+    experiment = load_experiment(str(out / 'experiments' / 'res_issp_r0.99_lr0.0002_a0.95_s0'), read_weights=False)
+    if experiment.series.get('sparsity/unimportant_abs_mean'):  # the pruning core logs the residue
+        assert (out / 'residue.png').read_bytes()[:8] == PNG_SIGNATURE and '![residue](residue.png)' in results
+        assert cells[4] != '–' and cells[5] != '–'
+    else:  # a core without the scalars: the figure is skipped with a note, the table still written
+        assert not (out / 'residue.png').exists() and cells[4:7] == ['–', '–', '–']
+        assert '- note: residue.png: no experiment logged sparsity/unimportant_abs_mean' in results
+    before = sorted(os.listdir(out / 'experiments'))
+    assert residue.main(args) == 0 and sorted(os.listdir(out / 'experiments')) == before  # finished: skipped
