@@ -75,7 +75,7 @@ def summary(experiments, lrs_alphas):
         ratio = row['max'] / reference if row.get('max') is not None else None
         table.append([experiment.name, f'{lr:g}', f'{alpha:g}', fmt(reference), fmt(row.get('mean')),
                       fmt(row.get('max')), fmt(ratio, '.2f'), fmt(psnr, '.2f')])
-    header = ['run', 'lr', 'alpha', 'alpha·lr/(1-alpha)', 'mean |w| at prune_iter', 'max |w| at prune_iter',
+    header = ['run', 'lr', 'alpha', 'alpha·lr/(1-alpha)', 'mean abs(w) at prune_iter', 'max abs(w) at prune_iter',
               'max / reference', 'final PSNR']
     return markdown_table(header, table)
 
