@@ -4,9 +4,12 @@ Every run is ``basicsr train`` on an option file generated from one base file; t
 in ``name``, ``manual_seed`` and the ``train: sparsity:`` block, so every method gets the same network, data,
 iterations, schedule and seed. Each run ends with a validation on the held-out images of the base file's val set
 (PSNR/SSIM on Y, crop border = scale) beside bicubic; this script collects those into a markdown table
-(mean ± std over seeds), and draws the report figures (one curve per method) for each ratio.
+(mean ± std over seeds; the verdict lines say when a margin is inside the seed spread), and draws the report
+figures (one curve per method) for each ratio. docs/Comparison.md documents both budgets and the columns.
 
-    python benchmarks/compare_methods.py                         # CPU budget on the sample set
+    python benchmarks/compare_methods.py                         # CPU budget on the sample set: lr 2e-4, 6,000 it.
+    python benchmarks/compare_methods.py --base options/compare_swinir_sample_x2_lr2e-3.yml \
+        --out results/compare_lr2e-3                             # the earlier budget: lr 2e-3, 3,000 iterations
     python benchmarks/compare_methods.py --iters 500 --seeds 0   # a quicker look
     python benchmarks/compare_methods.py --estimate              # time a short probe, print the grid's cost
     python benchmarks/compare_methods.py --full --dry-run        # the paper's settings: write the files only
