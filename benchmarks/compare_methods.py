@@ -4,9 +4,12 @@ Every run is ``basicsr train`` on an option file generated from one base file; t
 in ``name``, ``manual_seed`` and the ``train: sparsity:`` block, so every method gets the same network, data,
 iterations, schedule and seed. Each run ends with a validation on the held-out images of the base file's val set
 (PSNR/SSIM on Y, crop border = scale) beside bicubic; this script collects those into a markdown table
-(mean ± std over seeds), and draws the report figures (one curve per method) for each ratio.
+(mean ± std over seeds; the verdict lines say when a margin is inside the seed spread), and draws the report
+figures (one curve per method) for each ratio. docs/Comparison.md documents both budgets and the columns.
 
-    python benchmarks/compare_methods.py                         # CPU budget on the sample set
+    python benchmarks/compare_methods.py                         # CPU budget on the sample set: lr 2e-4, 6,000 it.
+    python benchmarks/compare_methods.py --base options/compare_swinir_sample_x2_lr2e-3.yml \
+        --out results/compare_lr2e-3                             # the earlier budget: lr 2e-3, 3,000 iterations
     python benchmarks/compare_methods.py --iters 500 --seeds 0   # a quicker look
     python benchmarks/compare_methods.py --estimate              # time a short probe, print the grid's cost
     python benchmarks/compare_methods.py --full --dry-run        # the paper's settings: write the files only
@@ -312,28 +315,40 @@ def comparison_table(results, methods, ratios):
     return markdown_table(header, rows), dataset
 
 
+def spread_note(margin, std_a, std_b):
+    """How a margin between two means over seeds compares with their spread: ``inside the seed spread`` when
+    ``|margin|`` is at most the larger of the two standard deviations, ``outside ...`` when above it."""
+    stds = [s for s in (std_a, std_b) if s is not None]
+    if not stds:
+        return 'one seed each: no spread to compare with'
+    spread = max(stds)
+    where = 'inside' if abs(margin) <= spread else 'outside'
+    return f'{where} the seed spread (larger std {spread:.2f} dB)'
+
+
 def verdict(results, methods, ratios, dataset):
-    """Plain sentences: which method won each ratio and ISS-P's margin over the best other pruning method."""
+    """Plain sentences: which method won each ratio and ISS-P's margin over the best other pruning method,
+    with whether that margin is inside the spread over seeds."""
     lines = []
     for ratio in ratios:
         scores = {}
         for method in methods:
             if method == 'dense':
                 continue
-            mean, _ = mean_std([e.final_metric(dataset, 'psnr')[0] for e in results.get((method, ratio), [])])
+            mean, std = mean_std([e.final_metric(dataset, 'psnr')[0] for e in results.get((method, ratio), [])])
             if mean is not None:
-                scores[method] = mean
+                scores[method] = (mean, std)
         if not scores:
             continue
-        winner = max(scores, key=scores.get)
-        line = f'ratio {ratio:g}: best PSNR {winner} ({scores[winner]:.2f} dB)'
+        winner = max(scores, key=lambda m: scores[m][0])
+        line = f'ratio {ratio:g}: best PSNR {winner} ({scores[winner][0]:.2f} dB)'
         if 'issp' in scores:
             others = {m: s for m, s in scores.items() if m != 'issp'}
             if others:
-                rival = max(others, key=others.get)
-                margin = scores['issp'] - others[rival]
+                rival = max(others, key=lambda m: others[m][0])
+                margin = scores['issp'][0] - others[rival][0]
                 line += f'; ISS-P {"leads" if margin > 0 else "trails"} the best other method ({rival}) by ' \
-                        f'{abs(margin):.2f} dB'
+                        f'{abs(margin):.2f} dB, {spread_note(margin, scores["issp"][1], others[rival][1])}'
         lines.append(line)
     dense = mean_std([e.final_metric(dataset, 'psnr')[0] for e in results.get(('dense', None), [])])[0]
     bicubic = [e.final_metric(dataset, 'psnr')[1] for g in results.values() for e in g]

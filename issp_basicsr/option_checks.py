@@ -598,7 +598,8 @@ def _try_scheduler(cls, scheduler, optimizer):
 
 def _optimizer_candidates():
     return sorted(name for name, obj in vars(torch.optim).items()
-                  if inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer) and obj is not torch.optim.Optimizer)
+                  if inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer)
+                  and obj is not torch.optim.Optimizer)
 
 
 def _scheduler_candidates():
@@ -690,8 +691,8 @@ def _check_pairs(opt, phase, dataset, lmdb):
     (h, w), (lh, lw) = gt.shape[:2], lq.shape[:2]
     if (h, w) != (lh * scale, lw * scale):
         problems.append(f'{prefix}: {pair["gt_path"]} is {h}x{w} but {pair["lq_path"]} is {lh}x{lw}, not scale '
-                        f'{scale} (scale: {scale}); set scale to the data\'s factor or point dataroot_lq at the x{scale} '
-                        'images')
+                        f'{scale} (scale: {scale}); set scale to the data\'s factor or point dataroot_lq at the '
+                        f'x{scale} images')
     if dataset.get('phase', phase.split('_')[0]) == 'train':
         for key, old in (('use_hflip', 'use_flip'), ('use_rot', None)):
             if key not in dataset:

@@ -17,7 +17,8 @@ from basicsr.utils.options import ordered_yaml
 from issp_basicsr import cli
 from issp_basicsr.data import build_sample, prepare_benchmark, prepare_div2k, sample_paths
 from issp_basicsr.data.imaging import bicubic_downscale, mod_crop, positions
-from issp_basicsr.data.sample import skimage_data_dir
+from issp_basicsr.data.sample import (HELD_OUT_PHOTOS, TEST_PHOTOS, TRAIN_PHOTOS, matplotlib_data_dir,
+                                      skimage_data_dir)
 from issp_basicsr.options import OptionError, check_model, check_sparsity
 from issp_basicsr.sparsity import prunable_layers
 
@@ -131,6 +132,69 @@ def test_sample_rejects_unsupported_scales_and_overlapping_splits(tmp_path):
     with pytest.raises(OptionError, match='chelsea.png cannot be both a training and a held-out photo'):
         build_sample(str(tmp_path), (4, ), train_photos=('chelsea.png', ), held_out_photos=('chelsea.png', ))
     assert not os.listdir(tmp_path)
+
+
+def source_photo(name):
+    for folder in (skimage_data_dir(), matplotlib_data_dir()):
+        if os.path.isfile(os.path.join(folder, name)):
+            return cv2.imread(os.path.join(folder, name), cv2.IMREAD_COLOR)
+    raise AssertionError(f'{name} is not installed')
+
+
+def test_the_larger_held_out_set_is_six_installed_photos_none_used_in_training():
+    assert len(TEST_PHOTOS) == len(set(TEST_PHOTOS)) == 6
+    assert not set(TEST_PHOTOS) & set(TRAIN_PHOTOS)
+    assert set(HELD_OUT_PHOTOS) <= set(TEST_PHOTOS)  # val/ stays the demo's two photos, both in test/ too
+    assert os.path.isfile(os.path.join(matplotlib_data_dir(), 'grace_hopper.jpg'))
+    for name in TEST_PHOTOS:
+        assert source_photo(name).ndim == 3
+
+
+def test_test_set_is_mod_cropped_with_bicubic_lr_and_never_training_data(sample):
+    root, paths, messages = sample
+    stems = sorted(os.path.splitext(name)[0] + '.png' for name in TEST_PHOTOS)
+    for scale in (2, 3, 4):
+        assert paths[scale]['test_gt'] == os.path.join(root, 'test', f'GTmod{scale}')
+        assert sorted(os.listdir(paths[scale]['test_gt'])) == sorted(os.listdir(paths[scale]['test_lq'])) == stems
+        keys = {line[0].split('_s')[0] for line in read_meta(paths[scale]['train_gt'])}
+        assert not keys & {os.path.splitext(name)[0] for name in TEST_PHOTOS}
+        for name in TEST_PHOTOS:
+            photo = source_photo(name)
+            h, w = photo.shape[:2]
+            png = os.path.splitext(name)[0] + '.png'
+            gt = cv2.imread(os.path.join(paths[scale]['test_gt'], png), cv2.IMREAD_UNCHANGED)
+            lq = cv2.imread(os.path.join(paths[scale]['test_lq'], png), cv2.IMREAD_UNCHANGED)
+            assert gt.shape == (h - h % scale, w - w % scale, 3)
+            np.testing.assert_array_equal(gt, photo[:h - h % scale, :w - w % scale])
+            np.testing.assert_array_equal(lq, bicubic_downscale(gt, scale))
+        test = paired(paths[scale]['test_gt'], paths[scale]['test_lq'], scale, 'val')
+        assert len(test) == 6
+    # camera is gray-scale: its three channels are equal
+    camera = cv2.imread(os.path.join(paths[2]['test_gt'], 'camera.png'), cv2.IMREAD_UNCHANGED)
+    assert (camera[..., 0] == camera[..., 1]).all() and (camera[..., 1] == camera[..., 2]).all()
+    assert messages[-1].endswith('test set chelsea, rocket, grace_hopper, camera, coins, moon')
+
+
+def test_test_set_is_idempotent_and_a_missing_part_is_rebuilt_alone(sample):
+    root, paths, _ = sample
+    stamps = {scale: os.stat(os.path.join(paths[scale]['test_lq'], 'moon.png')).st_mtime_ns for scale in (3, )}
+    messages = []
+    build_sample(root, (2, 3), train_photos=SUBSET_TRAIN, held_out_photos=SUBSET_HELD_OUT, log=messages.append)
+    assert messages == [f'Sample set already built in {root} (scales 2, 3); --force rebuilds it.']
+    import shutil
+    shutil.rmtree(paths[2]['test_gt'])
+    build_sample(root, (2, 3), train_photos=SUBSET_TRAIN, held_out_photos=SUBSET_HELD_OUT, log=messages.append)
+    assert len(os.listdir(paths[2]['test_gt'])) == 6
+    assert os.stat(os.path.join(paths[3]['test_lq'], 'moon.png')).st_mtime_ns == stamps[3]
+    assert not os.path.exists(os.path.join(root, '.incomplete'))
+
+
+def test_test_photos_may_not_be_training_photos_nor_missing(tmp_path):
+    with pytest.raises(OptionError, match='^camera.png cannot be both a training and a held-out photo$'):
+        build_sample(str(tmp_path), (2, ), train_photos=('camera.png', ))
+    with pytest.raises(OptionError, match=r'^nowhere.png: not found in this installation \('):
+        build_sample(str(tmp_path), (2, ), train_photos=SUBSET_TRAIN, test_photos=('nowhere.png', ))
+    assert not os.path.exists(tmp_path / 'test')
 
 
 # ------------------------------------------------------------------------------------- DIV2K-style training data
@@ -320,7 +384,8 @@ def test_every_option_file_parses_and_passes_the_checks(name, tmp_path, monkeypa
 
 
 def test_all_expected_option_files_exist():
-    demo = ['demo_issp_swinir_sample_x4.yml', 'test_demo_issp_swinir_sample_x4.yml', 'compare_swinir_sample_x2.yml']
+    demo = ['demo_issp_swinir_sample_x4.yml', 'test_demo_issp_swinir_sample_x4.yml', 'compare_swinir_sample_x2.yml',
+            'compare_swinir_sample_x2_lr2e-3.yml']
     released = ['issp_swinir_x4_released.yml']
     expected = set(PAPER) | {f'test_{n}' for n in PAPER} | set(demo) | set(released) | set(MODEL_TYPE_FILES)
     assert set(TOP_LEVEL) == expected
@@ -411,8 +476,8 @@ def test_demo_reads_the_sample_set(sample):
     assert test['path']['pretrain_network_g'] == f'experiments/{demo["name"]}/models/net_g_latest.pth'
 
 
-def test_comparison_base_is_the_demo_network_at_x2_on_the_sample_set():
-    base, demo = load('compare_swinir_sample_x2.yml'), load('demo_issp_swinir_sample_x4.yml')
+def test_lr_2e_3_comparison_base_is_the_demo_network_at_x2_on_the_sample_set():
+    base, demo = load('compare_swinir_sample_x2_lr2e-3.yml'), load('demo_issp_swinir_sample_x4.yml')
     assert_reads_sample_set(base, 2)
     assert base['network_g'] == dict(demo['network_g'], upscale=2)
     assert base['datasets']['train']['gt_size'] == 32  # the demo's LR patch of 16
@@ -420,13 +485,27 @@ def test_comparison_base_is_the_demo_network_at_x2_on_the_sample_set():
     assert all(metric['crop_border'] == 2 for metric in base['val']['metrics'].values())
 
 
-def assert_reads_sample_set(opt, scale):
+def test_comparison_base_has_the_papers_lr_twice_the_budget_and_the_larger_test_set():
+    base, old = load('compare_swinir_sample_x2.yml'), load('compare_swinir_sample_x2_lr2e-3.yml')
+    assert_reads_sample_set(base, 2, split='test')
+    assert base['datasets']['val']['name'] == 'sample_test'
+    train, old_train = base['train'], old['train']
+    assert train['optim_g'] == dict(old_train['optim_g'], lr=2e-4) and isinstance(train['optim_g']['lr'], float)
+    assert train['total_iter'] == 6000 and train['sparsity']['prune_iter'] == 2000
+    assert train['scheduler']['milestones'] == [2 * m for m in old_train['scheduler']['milestones']] == [2000, 3000]
+    # nothing else differs: same network, training data, method block (but prune_iter) and metrics
+    assert base['network_g'] == old['network_g'] and base['datasets']['train'] == old['datasets']['train']
+    assert dict(train['sparsity'], prune_iter=1000) == old_train['sparsity']
+    assert base['val']['metrics'] == old['val']['metrics']
+
+
+def assert_reads_sample_set(opt, scale, split='val'):
     paths = sample_paths('datasets/sample', scale)
     assert opt['num_gpu'] == 0 and opt['scale'] == scale and opt['network_g']['upscale'] == scale
     assert opt['datasets']['train']['dataroot_gt'] == paths['train_gt']
     assert opt['datasets']['train']['dataroot_lq'] == paths['train_lq']
-    assert opt['datasets']['val']['dataroot_gt'] == paths['val_gt']
-    assert opt['datasets']['val']['dataroot_lq'] == paths['val_lq']
+    assert opt['datasets']['val']['dataroot_gt'] == paths[f'{split}_gt']
+    assert opt['datasets']['val']['dataroot_lq'] == paths[f'{split}_lq']
 
 
 @pytest.mark.slow

@@ -129,6 +129,8 @@ def test_report_command_writes_figures_table_and_notes(tiny_run, tmp_path, capsy
     assert code == 0
     expected = ['validation_tinyval.png', 'sparsity.png', 'layer_sparsity.png', 'mask_change.png',
                 'grad_norms.png', 'loss.png']
+    if load_experiment(str(root / 'experiments' / 'rep_issp')).series.get('sparsity/unimportant_abs_mean'):
+        expected.append('residue.png')  # once the pruning core logs the residue scalars
     for name in expected:
         data = (out / name).read_bytes()
         assert data[:8] == PNG_SIGNATURE and len(data) > 5000, name
@@ -265,3 +267,165 @@ def test_overrides_apply_before_the_budget_and_paths_become_absolute(compare, ti
     assert common['datasets']['train']['dataroot_lq'] == '/data/root/relative/lq'
     assert common['val']['val_freq'] == 7  # an explicit override wins over the budget's frequency
     assert common['train']['total_iter'] == 20
+
+
+def fake_results(scores, dataset='set', bicubic=28.0):
+    """{(method, ratio): [Experiment, ...]} with final PSNRs ``scores[(method, ratio)]``, one per seed."""
+    from issp_basicsr.report import Experiment
+    return {key: [Experiment(name=f'{key[0]}_{i}', path='.', final={dataset: {'psnr': (v, bicubic)}})
+                  for i, v in enumerate(values)] for key, values in scores.items()}
+
+
+def test_verdict_says_when_a_margin_is_inside_the_seed_spread(compare):
+    results = fake_results({
+        ('dense', None): [33.0, 33.2],
+        ('issp', 0.9): [30.0, 30.4], ('iht', 0.9): [30.0, 30.2],  # margin 0.10, stds 0.28 / 0.14: inside
+        ('issp', 0.99): [28.0, 28.1], ('iht', 0.99): [29.0, 29.3],  # margin -1.10, stds 0.07 / 0.21: outside
+        ('issp', 0.95): [29.0, 29.2], ('iht', 0.95): [28.9, 29.1],  # margin 0.10, stds 0.14 / 0.14: inside
+    })
+    lines = compare.verdict(results, ['dense', 'iht', 'issp'], [0.9, 0.95, 0.99], 'set')
+    assert lines == [
+        'ratio 0.9: best PSNR issp (30.20 dB); ISS-P leads the best other method (iht) by 0.10 dB, '
+        'inside the seed spread (larger std 0.28 dB)',
+        'ratio 0.95: best PSNR issp (29.10 dB); ISS-P leads the best other method (iht) by 0.10 dB, '
+        'inside the seed spread (larger std 0.14 dB)',
+        'ratio 0.99: best PSNR iht (29.15 dB); ISS-P trails the best other method (iht) by 1.10 dB, '
+        'outside the seed spread (larger std 0.21 dB)',
+        'dense model: 33.10 dB, +5.10 dB over bicubic (28.00 dB)',
+    ]
+
+
+def test_spread_note_boundary_and_single_seed(compare):
+    assert compare.spread_note(0.2, 0.2, 0.1) == 'inside the seed spread (larger std 0.20 dB)'  # |margin| == std
+    assert compare.spread_note(-0.21, 0.05, 0.2) == 'outside the seed spread (larger std 0.20 dB)'
+    assert compare.spread_note(-0.1, None, 0.3) == 'inside the seed spread (larger std 0.30 dB)'
+    assert compare.spread_note(0.5, None, None) == 'one seed each: no spread to compare with'
+    results = fake_results({('issp', 0.9): [30.5], ('iht', 0.9): [30.0]})
+    assert compare.verdict(results, ['iht', 'issp'], [0.9], 'set') == [
+        'ratio 0.9: best PSNR issp (30.50 dB); ISS-P leads the best other method (iht) by 0.50 dB, '
+        'one seed each: no spread to compare with']
+
+
+# ------------------------------------------------------------------------------------------- residue figure
+def fake_run(root, name, method='issp', lr=2e-4, alpha=0.95, residue=True, prune_iter=40):
+    """An experiment folder as BasicSR leaves it: the option file and a training log every 10 iterations up to
+    60; with ``residue`` the log lines carry the unimportant set's mean and max |w| (mean = iteration·1e-5,
+    max = 3x the mean)."""
+    folder = root / 'experiments' / name
+    folder.mkdir(parents=True)
+    sparsity = {'method': method, 'ratio': 0.99, 'prune_iter': prune_iter}
+    if method == 'issp':
+        sparsity['alpha'] = alpha
+    options = {'name': name, 'train': {'optim_g': {'type': 'Adam', 'lr': lr}, 'total_iter': 60,
+                                       'sparsity': sparsity}}
+    (folder / f'{name}.yml').write_text(yaml.safe_dump(options))
+    lines = []
+    for iteration in range(10, 70, 10):
+        scalars = f'l_pix: {0.1 / iteration:.4e} sparsity/zeros: 0.0000e+00 '
+        if residue:
+            scalars += f'sparsity/unimportant_abs_mean: {iteration * 1e-5:.4e} ' \
+                       f'sparsity/unimportant_abs_max: {iteration * 3e-5:.4e} '
+        lines.append(f'2026-01-01 10:00:{iteration // 10:02d},000 INFO: [{name[:5]}..][epoch:  0, iter: '
+                     f'{iteration:7,d}, lr:({lr:.3e},)] [eta: 0:01:00, time (data): 0.100 (0.010)] {scalars}')
+    (folder / f'train_{name}_20260101_100000.log').write_text('\n'.join(lines) + '\n')
+    return str(folder)
+
+
+def test_residue_figure_draws_logged_runs_with_their_reference_and_skips_the_others(tmp_path):
+    from issp_basicsr.report.figures import residue_figure, residue_reference, residue_summary
+    paths = [fake_run(tmp_path, 'a95_lr2e-4'), fake_run(tmp_path, 'a5_lr2e-3', lr=2e-3, alpha=0.5),
+             fake_run(tmp_path, 'iht', method='iht'), fake_run(tmp_path, 'old_core', residue=False)]
+    experiments = [load_experiment(p, read_weights=False) for p in paths]
+    assert experiments[0].series['sparsity/unimportant_abs_max'][40] == pytest.approx(1.2e-3)
+    assert residue_reference(experiments[0]) == pytest.approx((0.95, 2e-4, 0.95 * 2e-4 / 0.05))
+    assert residue_reference(experiments[1]) == pytest.approx((0.5, 2e-3, 2e-3))
+    assert residue_reference(experiments[2]) == (None, None, None)
+    out = tmp_path / 'fig'
+    out.mkdir()
+    labels = {e.name: e.name for e in experiments}
+    path, notes = residue_figure(experiments, str(out), labels)
+    assert path == str(out / 'residue.png')
+    data = (out / 'residue.png').read_bytes()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 5000
+    assert notes == [
+        'residue.png: old_core logged no sparsity/unimportant_abs_mean / sparsity/unimportant_abs_max; left out',
+        'residue.png: iht is not an ISS-P run with alpha < 1 and a numeric lr; no reference line']
+    # the values at the last log of the pruning stage (iteration 40), not of fine-tuning (50, 60)
+    rows = residue_summary(experiments)
+    assert [row['name'] for row in rows] == ['a95_lr2e-4', 'a5_lr2e-3', 'iht']
+    assert rows[0]['mean'] == pytest.approx(4e-4) and rows[0]['max'] == pytest.approx(1.2e-3)
+    assert rows[0]['reference'] == pytest.approx(3.8e-3) and rows[2]['reference'] is None
+
+
+def test_residue_figure_is_skipped_with_a_note_without_the_scalars(tmp_path):
+    from issp_basicsr.report import make_report
+    from issp_basicsr.report.figures import residue_figure
+    old = fake_run(tmp_path, 'old_core', residue=False)
+    path, notes = residue_figure([load_experiment(old, read_weights=False)], str(tmp_path), {'old_core': 'x'})
+    assert path is None
+    assert notes == ['residue.png: no experiment logged sparsity/unimportant_abs_mean or '
+                     'sparsity/unimportant_abs_max (the pruning core logs them during the pruning stage); skipped']
+    # the report draws it only when some experiment has the scalars
+    _, figures, _, _ = make_report([old], str(tmp_path / 'without'), quiet=True, read_weights=False)
+    assert 'residue.png' not in map(os.path.basename, figures)
+    new = fake_run(tmp_path, 'new_core')
+    _, figures, _, _ = make_report([old, new], str(tmp_path / 'with'), quiet=True, read_weights=False)
+    assert str(tmp_path / 'with' / 'residue.png') in figures
+
+
+@pytest.fixture(scope='module')
+def residue():
+    spec = importlib.util.spec_from_file_location('residue', os.path.join(ROOT, 'benchmarks', 'residue.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_residue_runs_differ_only_in_lr_alpha_and_name(residue, tiny_pairs, tmp_path):
+    base = tiny_options(tiny_pairs, name='base', prune_iter=100, hold_lr_during_pruning=True)
+    base['train'].update(total_iter=300, scheduler={'type': 'MultiStepLR', 'milestones': [150, 250], 'gamma': 0.5})
+    out = tmp_path / 'res'
+    assert residue.main(['--base', write_options(tmp_path / 'base.yml', base), '--iters', '30', '--out', str(out),
+                         '--dry-run']) == 0
+    options = {path.stem: yaml.safe_load(path.read_text()) for path in sorted((out / 'options').iterdir())}
+    expected = {f'res_issp_r0.99_lr{lr}_a{alpha}_s0': (float(lr), float(alpha))
+                for lr in ('0.0002', '0.002') for alpha in ('0.5', '0.8', '0.95')}
+    assert set(options) == set(expected)
+    stripped = []
+    for name, opt in options.items():
+        lr, alpha = expected[name]
+        assert opt['name'] == name and opt['train']['optim_g']['lr'] == lr
+        block = opt['train'].pop('sparsity')
+        assert (block['method'], block['ratio'], block['alpha'], block['prune_iter']) == ('issp', 0.99, alpha, 10)
+        assert opt['val']['val_freq'] == 30 and opt['logger']['print_freq'] == 1
+        opt['train']['optim_g'].pop('lr')
+        stripped.append({k: v for k, v in opt.items() if k != 'name'})
+    assert all(s == stripped[0] for s in stripped)
+    with pytest.raises(SystemExit, match='^residue: --alphas must lie in \\[0, 1\\), got 1$'):
+        residue.main(['--alphas', '1', '--dry-run', '--out', str(tmp_path / 'bad')])
+
+
+@pytest.mark.slow
+def test_residue_trains_and_reports(residue, tiny_pairs, tmp_path, monkeypatch):
+    base = tiny_options(tiny_pairs, name='base', prune_iter=4)
+    base['train']['total_iter'] = 8
+    out = tmp_path / 'res'
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    args = ['--base', write_options(tmp_path / 'base.yml', base), '--iters', '8', '--lrs', '2e-4', '--alphas', '0.5',
+            '0.95', '--out', str(out)]
+    assert residue.main(args) == 0
+    results = (out / 'results.md').read_text()
+    rows = [line for line in results.splitlines() if line.startswith('| res_issp')]
+    assert [row.split('|')[1].strip() for row in rows] == ['res_issp_r0.99_lr0.0002_a0.5_s0',
+                                                           'res_issp_r0.99_lr0.0002_a0.95_s0']
+    cells = [cell.strip() for cell in rows[1].strip('|').split('|')]
+    assert cells[1:4] == ['0.0002', '0.95', '3.80e-03'] and cells[7] != '–'  # the final PSNR is there
+    experiment = load_experiment(str(out / 'experiments' / 'res_issp_r0.99_lr0.0002_a0.95_s0'), read_weights=False)
+    if experiment.series.get('sparsity/unimportant_abs_mean'):  # the pruning core logs the residue
+        assert (out / 'residue.png').read_bytes()[:8] == PNG_SIGNATURE and '![residue](residue.png)' in results
+        assert cells[4] != '–' and cells[5] != '–'
+    else:  # a core without the scalars: the figure is skipped with a note, the table still written
+        assert not (out / 'residue.png').exists() and cells[4:7] == ['–', '–', '–']
+        assert '- note: residue.png: no experiment logged sparsity/unimportant_abs_mean' in results
+    before = sorted(os.listdir(out / 'experiments'))
+    assert residue.main(args) == 0 and sorted(os.listdir(out / 'experiments')) == before  # finished: skipped

@@ -158,6 +158,75 @@ def layer_figure(experiments, out, labels):
     return save(figure, os.path.join(out, 'layer_sparsity.png')), notes
 
 
+RESIDUE_TAGS = (('sparsity/unimportant_abs_mean', 'mean |w|'), ('sparsity/unimportant_abs_max', 'max |w|'))
+
+
+def residue_reference(experiment: Experiment) -> Tuple[Optional[float], Optional[float], Optional[float]]:
+    """(alpha, lr, alpha·lr/(1-alpha)) of an ISS-P run, read from its option file; Nones where they do not apply.
+
+    With Adam, an unimportant weight moves by about lr per step and is then multiplied by alpha, so its
+    magnitude settles near w = alpha·(w + lr), i.e. alpha·lr/(1-alpha): the residue the explanation predicts.
+    """
+    if experiment.method != 'issp':
+        return None, None, None
+    from ..sparsity import SparsityConfig
+    alpha = experiment.sparsity_options.get('alpha', SparsityConfig.alpha)
+    lr = ((experiment.options.get('train') or {}).get('optim_g') or {}).get('lr')
+    try:
+        alpha, lr = float(alpha), float(lr)
+    except (TypeError, ValueError):
+        return None, None, None
+    return alpha, lr, (alpha * lr / (1 - alpha) if alpha < 1 else None)
+
+
+def residue_summary(experiments: List[Experiment]) -> List[dict]:
+    """One row per experiment with the residue scalars: alpha, lr, the reference alpha·lr/(1-alpha), and the
+    mean and max |w| of the unimportant set at the last log of the pruning stage."""
+    rows = []
+    for experiment in experiments:
+        if not any(experiment.series.get(tag) for tag, _ in RESIDUE_TAGS):
+            continue
+        alpha, lr, reference = residue_reference(experiment)
+        row = dict(name=experiment.name, alpha=alpha, lr=lr, reference=reference)
+        for tag, _ in RESIDUE_TAGS:
+            points = {i: v for i, v in experiment.series.get(tag, {}).items()
+                      if not experiment.prune_iter or i <= experiment.prune_iter}
+            row[tag.rsplit('_', 1)[1]] = points[max(points)] if points else None
+        rows.append(row)
+    return rows
+
+
+def residue_figure(experiments, out, labels):
+    """Mean and max |w| of the unimportant set over the pruning stage, one curve per experiment, each with its
+    reference alpha·lr/(1-alpha) as a dotted line of the same colour."""
+    file = 'residue.png'
+    with_data = [e for e in experiments if any(e.series.get(tag) for tag, _ in RESIDUE_TAGS)]
+    if not with_data:
+        return None, [f'{file}: no experiment logged {RESIDUE_TAGS[0][0]} or {RESIDUE_TAGS[1][0]} '
+                      '(the pruning core logs them during the pruning stage); skipped']
+    notes = [f'{file}: {e.name} logged no {RESIDUE_TAGS[0][0]} / {RESIDUE_TAGS[1][0]}; left out'
+             for e in experiments if e not in with_data]
+    styles = dict(zip((e.name for e in experiments), line_styles(len(experiments))))
+    figure, axes = new_figure(2)
+    for axis, (tag, what) in zip(axes, RESIDUE_TAGS):
+        _plot_series(axis, with_data, tag, labels, [styles[e.name] for e in with_data], pruning_only=True)
+        for experiment in with_data:
+            _, _, reference = residue_reference(experiment)
+            if reference is not None and reference > 0:
+                axis.axhline(reference, color=styles[experiment.name]['color'], linestyle=':', linewidth=1.2)
+        axis.plot([], [], color='0.3', linestyle=':', label='alpha·lr/(1-alpha), same colour')
+        axis.set_xlabel('iteration')
+        axis.set_ylabel(f'{what} of the unimportant set')
+        axis.set_title(f'residue during pruning: {what}')
+        if any(v > 0 for e in with_data for v in e.series.get(tag, {}).values()):
+            axis.set_yscale('log')
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize='x-small')
+    notes += [f'{file}: {e.name} is not an ISS-P run with alpha < 1 and a numeric lr; no reference line'
+              for e in with_data if residue_reference(e)[2] is None]
+    return save(figure, os.path.join(out, file)), notes
+
+
 def all_figures(experiments: List[Experiment], out: str, labels: dict, progress=None) -> Tuple[List[str], List[str]]:
     """Write every figure the experiments have data for; returns (paths written, notes on what was skipped)."""
     datasets = []
@@ -181,6 +250,8 @@ def all_figures(experiments: List[Experiment], out: str, labels: dict, progress=
         jobs.append(lambda: series_figure(experiments, 'sparsity/penalty', out, 'penalty.png',
                                           'L2 penalty on the unimportant set (issr, greg)', 'coefficient', labels,
                                           pruning_only=True, note_missing=False))
+    if any(e.series.get(tag) for e in experiments for tag, _ in RESIDUE_TAGS):  # once the core logs them
+        jobs.append(lambda: residue_figure(experiments, out, labels))
     paths, notes = [], []
     for job in (progress(jobs, desc='figures', unit='fig') if progress else jobs):
         path, job_notes = job()
