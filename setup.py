@@ -27,6 +27,8 @@ setup(
         'scikit-image',
         'tqdm',
         'matplotlib',
+        # granularity: channel (coupled channel groups) and export --slim (physical removal)
+        'torch-pruning==1.6.1',
     ],
     # onnx: `basicsr export --onnx` checks the exported graph with onnxruntime when it is installed
     extras_require={'test': ['pytest'], 'onnx': ['onnx>=1.16', 'onnxruntime>=1.18']},
