@@ -138,8 +138,8 @@ def coupled_groups(model, example_input=None, exclude=(), graph=None):
                     kept = kept or 'feeds a PixelShuffle'
                 elif any(word in op for word in _MIXING):
                     kept = kept or f'passes through {op}'
-            elif isinstance(module, (tp.ops._ConcatOp, tp.ops._SplitOp)):
-                pass
+            elif isinstance(module, (tp.ops._ConcatOp, tp.ops._SplitOp, tp.ops._ReshapeOp)):
+                pass  # index-mapped by Torch-Pruning; a reshape into heads is caught by what follows it
             elif isinstance(module, nn.Module) and not isinstance(module, _PER_CHANNEL):
                 kept = kept or f'passes through {type(module).__name__} {label}'
             elif not isinstance(module, nn.Module):
