@@ -27,6 +27,8 @@ setup(
         'scikit-image',
         'tqdm',
         'matplotlib',
+        # granularity: channel (coupled channel groups) and export --slim (physical removal)
+        'torch-pruning==1.6.1',
     ],
     # onnx: `basicsr export --onnx` checks the exported graph with onnxruntime when it is installed
     # realesrgan: Real-ESRGAN's RealESRNetModel/RealESRGANModel, UNetDiscriminatorSN, RealESRGANDataset (imported

@@ -24,6 +24,8 @@ def parse_args(argv):
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument('--dense', action='store_true', help='restore a plain BasicSR checkpoint from a compressed one')
     mode.add_argument('--onnx', action='store_true', help='write the dense-with-zeros network as ONNX (needs -opt)')
+    mode.add_argument('--slim', action='store_true', help='remove the pruned channels, write a torch.export program '
+                      '(.pt2, needs -opt)')
     parser.add_argument('--ema', action='store_true', help='keep only params_ema (stored as params)')
     parser.add_argument('--half', action='store_true', help='store float tensors as float16 (lossy, ~half size)')
     parser.add_argument('-opt', help='BasicSR option file naming network_g (for --onnx)')
@@ -90,11 +92,37 @@ def onnx_command(args):
     return 0
 
 
+def slim_command(args):
+    """``--slim``: the all-zero channels of a granularity-channel checkpoint removed, saved with torch.export."""
+    from ..errors import OptionError
+    from .network_options import build_network, checkpoint_path, example_input, param_key, read_options
+    from .slim import export_slim, format_summary
+    if not args.opt:
+        raise OptionError('--slim needs -opt OPTIONS (the option file that names network_g)')
+    opt = read_options(args.opt)
+    net = build_network(opt, args.opt)
+    path = checkpoint_path(opt, args.input, args.opt)
+    key = 'params_ema' if args.ema else param_key(opt, None)
+    try:
+        net.load_state_dict(state_dict_from(load_checkpoint(path), key, path), strict=True)
+    except RuntimeError as error:
+        raise OptionError(f'{path} does not fit network_g of {args.opt}: {str(error).splitlines()[0]}') from None
+    exclude = (((opt.get('train') or {}).get('sparsity') or {}).get('exclude')) or ()
+    x = example_input(net, *args.input_size)
+    summary = export_slim(net, args.output, x, exclude=tuple(exclude))
+    print(format_summary(summary, args.output, x))
+    return 0
+
+
 def main(argv):
     from ..errors import OptionError
     from ..option_checks import check_output_file
     args = parse_args(argv)
     check_output_file('-o', args.output)  # before any work: a missing folder is one line, not a traceback
+    if args.slim:
+        if args.half or args.dense:
+            raise OptionError('--half does not apply to --slim')
+        return slim_command(args)
     if args.onnx:
         if args.half:
             raise OptionError('--half does not apply to --onnx')

@@ -20,6 +20,7 @@ from .methods import METHODS, PruningMethod, all_keys, get_method
 
 SCOPES = ('layer', 'global')
 NM_LAYOUTS = ('input', 'flat')
+GRANULARITIES = ('weight', 'channel')
 _NM = re.compile(r'^\s*(\d+)\s*:\s*(\d+)\s*$')
 
 
@@ -91,6 +92,7 @@ class SparsityConfig:
         ratios: ``((pattern, ratio), ...)`` per-layer overrides of ``ratio``, first match wins.
         reg_step, reg_interval, reg_max: the growing L2 penalty of issr/greg.
         seed: scratch's mask seed (None: the caller fills it in, 0 if none does).
+        granularity: ``weight`` (single weights) or ``channel`` (whole coupled channel groups, ``channels.py``).
     """
     method: str = 'issp'
     ratio: float = 0.95
@@ -107,6 +109,7 @@ class SparsityConfig:
     reg_interval: int = 20
     reg_max: float = 0.5
     seed: Optional[int] = None
+    granularity: str = 'weight'
 
     @classmethod
     def from_dict(cls, block: Optional[dict], total_iter: Optional[int] = None) -> 'SparsityConfig':
@@ -176,6 +179,18 @@ class SparsityConfig:
             if not _is_int(block['seed']) or block['seed'] < 0:
                 raise SparsityConfigError(f'seed must be an integer >= 0, got {block["seed"]!r}', 'seed')
             values['seed'] = block['seed']
+        if 'granularity' in block:
+            if block['granularity'] not in GRANULARITIES:
+                raise SparsityConfigError(f'granularity must be weight or channel, got {block["granularity"]!r}',
+                                          'granularity')
+            values['granularity'] = block['granularity']
+        definition = get_method(method)
+        if definition.channel_only and values.get('granularity') != 'channel':
+            raise SparsityConfigError(f'granularity must be channel for method {method!r} (it prunes whole '
+                                      'channels only)', 'granularity')
+        if values.get('granularity') == 'channel' and 'pattern' in block:
+            raise SparsityConfigError(f'pattern ({block["pattern"]!r}) does not apply to granularity channel (a '
+                                      'channel is removed whole)', 'pattern')
         config = cls(**values)
         config._check_combinations(total_iter)
         return config

@@ -33,6 +33,8 @@ class PruningMethod:
         penalty: before each optimizer step, add the gradient of a growing L2 penalty on the set.
         frozen_at_start: the set is the frozen mask from the first iteration (no pruning stage).
         reinitialize: the network is trained from fresh weights even when a checkpoint was loaded.
+        channel: the method has a channel version (it accepts ``granularity``; see ``channels.py``).
+        channel_only: the method exists at channel granularity only (``assl``).
     """
     name: str
     summary: str
@@ -44,11 +46,14 @@ class PruningMethod:
     penalty: bool = False
     frozen_at_start: bool = False
     reinitialize: bool = False
+    channel: bool = False
+    channel_only: bool = False
 
     @property
     def accepted_keys(self) -> Tuple[str, ...]:
         """Every key the block may hold with this method, in a stable order."""
-        return COMMON_KEYS + (SELECTION_KEYS if self.prunes else ()) + self.keys
+        return COMMON_KEYS + (SELECTION_KEYS if self.prunes else ()) + self.keys + (
+            ('granularity', ) if self.channel else ())
 
     @property
     def reselects(self) -> bool:
@@ -90,10 +95,10 @@ def all_keys() -> Tuple[str, ...]:
 
 register_method(PruningMethod(
     'issp', 'ISS-P: the unimportant set is re-selected and multiplied by alpha every interval; frozen at prune_iter',
-    keys=('alpha', 'interval'), shrink='alpha'))
+    keys=('alpha', 'interval'), shrink='alpha', channel=True))
 register_method(PruningMethod(
     'iht', 'IHT: the unimportant set is re-selected and set to 0 every interval; frozen at prune_iter',
-    keys=('interval', ), shrink='zero'))
+    keys=('interval', ), shrink='zero', channel=True))
 register_method(PruningMethod(
     'issr', 'ISS-R: re-selected like ISS-P, shrunk by an L2 penalty growing to reg_max; frozen at prune_iter',
     keys=('interval', ) + PENALTY_KEYS, penalty=True))
@@ -102,9 +107,12 @@ register_method(PruningMethod(
     keys=PENALTY_KEYS, choose='at_start', penalty=True))
 register_method(PruningMethod(
     'l1', 'L1-norm: one-shot magnitude mask of the starting weights',
-    choose='at_start', frozen_at_start=True))
+    choose='at_start', frozen_at_start=True, channel=True))
 register_method(PruningMethod(
     'scratch', 'fixed random mask, same per-layer counts, seed = manual_seed; weights re-initialised',
     keys=('seed', ), scores='random', choose='at_start', frozen_at_start=True, reinitialize=True))
 register_method(PruningMethod(
-    'dense', 'dense reference: no pruning, same model class and learning-rate schedule', prunes=False))
+    'dense', 'dense reference: no pruning, same model class and learning-rate schedule', prunes=False, channel=True))
+register_method(PruningMethod(
+    'assl', 'ASSL/SRP-style (channels only): growing L2 penalty on the least important channels chosen at the start; '
+    'masked at prune_iter', keys=PENALTY_KEYS, choose='at_start', penalty=True, channel=True, channel_only=True))

@@ -39,7 +39,7 @@ from .patterns import build_units, check_nm, layer_overrides
 STATE_FORMAT = 'issp_basicsr.sparsifier/1'
 
 # keys that must match between a saved state and the options it is resumed with (they decide the masks)
-STATE_KEYS = ('method', 'ratio', 'exclude', 'scope', 'pattern', 'nm_layout', 'ratios')
+STATE_KEYS = ('method', 'ratio', 'exclude', 'scope', 'pattern', 'nm_layout', 'ratios', 'granularity')
 
 
 def _rows(group, tensor):
@@ -55,6 +55,11 @@ def check_layers(model: nn.Module, config: SparsityConfig):
         return
     layers = prunable_layers(model, config.exclude)
     names, params = [n for n, _ in layers], [m.weight for _, m in layers]
+    if config.granularity == 'channel':
+        from .channels import coupled_groups, group_ratios
+        groups, _ = coupled_groups(model, exclude=config.exclude)
+        group_ratios([g for g in groups if g.kept is None], config, type(model).__name__)
+        return
     layer_overrides(names, config, type(model).__name__)
     if config.nm is not None:
         check_nm(names, params, config.nm, config.nm_layout)
@@ -101,7 +106,10 @@ class Sparsifier:
         if not config.prunes:
             return
         method = self.method
-        if method.scores == 'random':
+        if config.granularity == 'channel':  # whole coupled channel groups (channels.py, needs torch-pruning)
+            from .channels import build_channel_unit
+            self.groups = [build_channel_unit(model, self.layer_names, self.layer_params, config, self.model_name)]
+        elif method.scores == 'random':
             self.groups = self._random_units()
         else:
             self.groups, self.capped_layers = build_units(self.layer_names, self.layer_params, config,

@@ -20,7 +20,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-from issp_basicsr.sparsity import METHODS, SparsityConfig  # noqa: E402  (the core imports without BasicSR)
+from issp_basicsr.sparsity import METHODS as ALL_METHODS, SparsityConfig  # noqa: E402  (the core imports without BasicSR)
+
+# the weight-granularity comparison files: methods that exist at channel granularity only (assl) are left out
+METHODS = {name: method for name, method in ALL_METHODS.items() if not method.channel_only}
 
 RATIO = 0.95
 BACKBONES = {  # prefix of the generated files -> base file
