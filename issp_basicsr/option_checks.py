@@ -497,7 +497,7 @@ def check_networks(opt):
                 with torch.random.fork_rng(devices=[]):
                     built = cls(**kwargs)
             except FileNotFoundError as error:  # a pretrained part (BasicVSR's SpyNet) that is not on this machine
-                problems.append(f'network_g: {error.filename} does not exist (needed to build {net_opt.get("type")})')
+                problems.append(f'network_g: {net_opt.get("type")} needs {error.filename}, which does not exist')
                 continue
             except Exception as error:  # the architecture's own assertion or shape error, as one line
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else ''
