@@ -732,9 +732,10 @@ def _read_pair(dataset, pair, lmdb):
 
 
 def check_pretrained(opt, is_train, net):
-    """``basicsr test`` needs ``path:pretrain_network_g``; a written ``param_key_g`` must be in the checkpoint;
-    with ``strict_load_g`` the checkpoint must fit network_g (checked on the CPU copy built before)."""
-    from .checkpoint import load_network_state, read_checkpoint
+    """``basicsr test`` needs ``path:pretrain_network_g``; a written ``param_key_g`` must be in the checkpoint
+    (BasicSR would quietly load ``params`` instead); with ``strict_load_g`` the checkpoint must fit network_g
+    (checked on the CPU copy built before). A damaged or foreign file is the line that names the file."""
+    from .checkpoint import load_network_state, read_checkpoint, read_network
     problems = []
     path_opt = opt.get('path') or {}
     path = path_opt.get('pretrain_network_g')
@@ -743,31 +744,21 @@ def check_pretrained(opt, is_train, net):
             problems.append('path:pretrain_network_g: basicsr test needs the checkpoint to evaluate (e.g. '
                             'experiments/NAME/models/net_g_latest.pth)')
         return problems
-    try:
-        saved = read_checkpoint(path, 'network checkpoint', mmap=True)
-    except OptionError as error:
-        return [f'path:pretrain_network_g: {error}']
-    written = 'param_key_g' in path_opt
     key = path_opt.get('param_key_g', 'params')
-    if key is not None:
-        entries = [k for k, v in saved.items() if _mapping(v)] if _mapping(saved) else []
-        if not _mapping(saved) or key not in saved:
-            if written or 'params' not in entries:
+    try:
+        if 'param_key_g' in path_opt and key is not None:
+            saved = read_checkpoint(path, 'network checkpoint')
+            if _mapping(saved) and key not in saved:
+                entries = [k for k, v in saved.items() if _mapping(v)]
                 has = f'it holds {", ".join(entries)}' if entries else 'it is a bare state dict: set param_key_g: ~'
-                problems.append(f'path:param_key_g: {path} has no {key!r} entry ({has})')
-                return problems
-            key = 'params'
-        state = saved[key] if _mapping(saved) else saved
-    else:
-        state = saved
-    if net is not None and path_opt.get('strict_load_g', True) and _mapping(state):
-        state = {(k[7:] if k.startswith('module.') else k): v for k, v in state.items()}
-        try:
+                return [f'path:param_key_g: {path} has no {key!r} entry ({has})']
+        state = read_network(path, key)
+        if net is not None and path_opt.get('strict_load_g', True):
             load_network_state(net, state, True, path)
-        except OptionError as error:
-            problems.append(f'path:pretrain_network_g: {error}')
-        except RuntimeError as error:
-            problems.append(f'path:pretrain_network_g: {path} does not fit network_g ({_short(error)})')
+    except OptionError as error:
+        problems.append(str(error).splitlines()[0])
+    except RuntimeError as error:
+        problems.append(f'{path}: does not fit network_g ({_short(error)})')
     return problems
 
 

@@ -253,7 +253,7 @@ def test_basicsr_test_needs_a_checkpoint_and_its_param_key(tiny_pairs, checkpoin
     opt['network_g']['num_heads'] = [4]
     assert call(tmp_path, 'test', '-opt', write_options(tmp_path / 'test.yml', opt)) == 2
     line, = error_lines(capsys, 'test')
-    assert line.startswith(f'path:pretrain_network_g: {checkpoint}: does not fit network_g (')
+    assert line.startswith(f'{checkpoint}: does not fit network_g (')
     opt = eval_options(tiny_options(tiny_pairs), checkpoint)
     del opt['val']
     assert call(tmp_path, 'test', '-opt', write_options(tmp_path / 'test.yml', opt)) == 2
