@@ -64,12 +64,12 @@ def dense_command(args):
     return 0
 
 
-def onnx_command(args):
+def load_trained_network(args, flag):
+    """(options, network_g of ``-opt`` with the checkpoint's weights) for ``--onnx``/``--slim``."""
     from ..errors import OptionError
-    from .network_options import build_network, checkpoint_path, example_input, param_key, read_options
-    from .onnx_export import check_onnx, export_onnx
+    from .network_options import build_network, checkpoint_path, param_key, read_options
     if not args.opt:
-        raise OptionError('--onnx needs -opt OPTIONS (the option file that names network_g)')
+        raise OptionError(f'{flag} needs -opt OPTIONS (the option file that names network_g)')
     opt = read_options(args.opt)
     net = build_network(opt, args.opt)
     path = checkpoint_path(opt, args.input, args.opt)
@@ -78,6 +78,14 @@ def onnx_command(args):
         net.load_state_dict(state_dict_from(load_checkpoint(path), key, path), strict=True)
     except RuntimeError as error:
         raise OptionError(f'{path} does not fit network_g of {args.opt}: {str(error).splitlines()[0]}') from None
+    return opt, net
+
+
+def onnx_command(args):
+    from ..errors import OptionError
+    from .network_options import example_input
+    from .onnx_export import check_onnx, export_onnx
+    _, net = load_trained_network(args, '--onnx')
     x = example_input(net, *args.input_size)
     try:
         export_onnx(net, args.output, x)
@@ -94,19 +102,9 @@ def onnx_command(args):
 
 def slim_command(args):
     """``--slim``: the all-zero channels of a granularity-channel checkpoint removed, saved with torch.export."""
-    from ..errors import OptionError
-    from .network_options import build_network, checkpoint_path, example_input, param_key, read_options
+    from .network_options import example_input
     from .slim import export_slim, format_summary
-    if not args.opt:
-        raise OptionError('--slim needs -opt OPTIONS (the option file that names network_g)')
-    opt = read_options(args.opt)
-    net = build_network(opt, args.opt)
-    path = checkpoint_path(opt, args.input, args.opt)
-    key = 'params_ema' if args.ema else param_key(opt, None)
-    try:
-        net.load_state_dict(state_dict_from(load_checkpoint(path), key, path), strict=True)
-    except RuntimeError as error:
-        raise OptionError(f'{path} does not fit network_g of {args.opt}: {str(error).splitlines()[0]}') from None
+    opt, net = load_trained_network(args, '--slim')
     exclude = (((opt.get('train') or {}).get('sparsity') or {}).get('exclude')) or ()
     x = example_input(net, *args.input_size)
     summary = export_slim(net, args.output, x, exclude=tuple(exclude))
