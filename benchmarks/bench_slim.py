@@ -16,7 +16,7 @@ import torch
 import issp_basicsr  # noqa: F401  (BasicSR fixes)
 from basicsr.archs.edsr_arch import EDSR
 from basicsr.archs.swinir_arch import SwinIR
-from issp_basicsr.deploy.slim import _macs, slim_network
+from issp_basicsr.deploy.slim import count_macs, slim_network
 from issp_basicsr.sparsity import build_sparsifier
 
 MODELS = {
@@ -50,14 +50,14 @@ def main():
     for key in args.models:
         torch.manual_seed(0)
         dense = MODELS[key]().eval()
-        dense_macs = _macs(dense, x)
+        dense_macs = count_macs(dense, x)
         slims = {}
         for ratio in args.ratios:
             masked = MODELS[key]().eval()
             masked.load_state_dict(dense.state_dict())
             build_sparsifier(masked, method='l1', granularity='channel', ratio=ratio)
             slim, _ = slim_network(masked, x[..., :16, :16] if key == 'edsr' else x)
-            slims[ratio] = (slim, dense_macs / _macs(slim, x))
+            slims[ratio] = (slim, dense_macs / count_macs(slim, x))
         for threads in args.threads:
             torch.set_num_threads(threads)
             t_dense = best(dense, x, args.repeats)

@@ -103,6 +103,61 @@ def test_freeze_zeroes_and_reapplies():
     assert masks['conv_first'].any(dim=(1, 2, 3)).sum() == 2  # ceil(0.25 * 8) stream channels
 
 
+
+def channel_importance(net):
+    """Per pruned group (root name): the sum of squares of every coupled weight slice of each root channel,
+    written from the groups' members, independently of the unit's slot tables."""
+    groups, _ = coupled_groups(net)
+    out = {}
+    for group in (g for g in groups if g.kept is None):
+        imp = torch.zeros(group.channels, dtype=torch.float64)
+        for member in group.members:
+            w = net.get_submodule(member.layer).weight.detach().double().square()
+            per_index = w.sum(dim=[d for d in range(w.dim()) if d != member.dim])
+            imp.index_add_(0, torch.tensor(member.root_index), per_index[torch.tensor(member.layer_index)])
+        out[group.root] = imp
+    return out
+
+
+def test_ratios_at_channel_granularity_give_a_group_its_own_count():
+    net = edsr()
+    imp = channel_importance(net)
+    s = build_sparsifier(net, method='l1', granularity='channel', ratio=0.5, ratios={'body.0.conv1': 0.25})
+    chosen = s.groups[0].removed_channels()
+    assert {k: len(v) for k, v in chosen.items()} == {'conv_after_body': 4, 'body.1.conv1': 4, 'body.0.conv1': 2}
+    # a pattern names the group of the layer's output channels: body.0.conv2 writes the residual stream
+    stream = build_sparsifier(edsr(), method='l1', granularity='channel', ratio=0.5, ratios={'body.0.conv2': 0.25})
+    assert {k: len(v) for k, v in stream.groups[0].removed_channels().items()} == {
+        'conv_after_body': 2, 'body.1.conv1': 4, 'body.0.conv1': 4}
+    for root, channels in chosen.items():
+        assert channels == sorted(imp[root].argsort()[:len(channels)].tolist()), root
+    assert bool((net.body[0].conv1.weight[chosen['body.0.conv1']] == 0).all())
+    with pytest.raises(SparsityConfigError, match="ratios pattern 'upsample.0' names no layer whose output channels are pruned"):
+        build_sparsifier(edsr(), method='l1', granularity='channel', ratio=0.5, ratios={'upsample.0': 0.2})
+    with pytest.raises(SparsityConfigError, match='ratios does not apply with scope global at granularity channel'):
+        build_sparsifier(edsr(), method='l1', granularity='channel', ratio=0.5, scope='global',
+                         ratios={'body.0.conv*': 0.25})
+
+
+def test_global_scope_at_channel_granularity_ranks_all_groups_together():
+    net = edsr()
+    with torch.no_grad():  # make the groups unequal: body.1's inner channels small, so they go first
+        net.body[1].conv1.weight.mul_(0.01)
+        net.body[1].conv2.weight.mul_(0.01)
+    imp = channel_importance(net)
+    s = build_sparsifier(net, method='l1', granularity='channel', ratio=0.5, scope='global')
+    chosen = s.groups[0].removed_channels()
+    assert sum(len(v) for v in chosen.values()) == 12  # ceil(0.5 * 24) over the three groups
+    # the 12 least important channels over all groups, each group's most important one excluded
+    candidates = sorted((float(v), root, c) for root, values in imp.items()
+                        for c, v in enumerate(values) if c != int(values.argmax()))
+    expected = {}
+    for _, root, c in candidates[:12]:
+        expected.setdefault(root, []).append(c)
+    assert {k: v for k, v in chosen.items() if v} == {k: sorted(v) for k, v in expected.items()}
+    assert len(chosen['body.1.conv1']) == 7  # all but its most important channel
+
+
 def test_l1_and_assl_at_channel_granularity():
     net = edsr()
     s = build_sparsifier(net, method='l1', granularity='channel', ratio=0.5)

@@ -83,3 +83,59 @@ def test_export_slim_command(tmp_path, capsys):
     program = torch.export.load(str(tmp_path / 'm.pt2')).module()
     x = torch.rand(1, 3, 8, 8)
     assert torch.allclose(program(x), net.eval()(x), atol=1e-4)
+
+
+def slim_program(tmp_path, pretrained=True):
+    """An option file of a channel-pruned EDSR (naming its checkpoint when ``pretrained``) and its .pt2 program."""
+    from issp_basicsr.deploy.export import main
+    torch.manual_seed(0)
+    net = EDSR(3, 3, num_feat=8, num_block=2, upscale=2)
+    frozen(net)
+    torch.save({'params': net.state_dict()}, tmp_path / 'net.pth')
+    opt = {'name': 'slim', 'network_g': {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8,
+                                         'num_block': 2, 'upscale': 2}}
+    (tmp_path / 'o.yml').write_text(yaml.safe_dump(opt))
+    assert main(['--slim', '-opt', str(tmp_path / 'o.yml'), '-i', str(tmp_path / 'net.pth'), '-o',
+                 str(tmp_path / 'm.pt2'), '--input-size', '8', '12']) == 0
+    if pretrained:
+        opt['path'] = {'pretrain_network_g': str(tmp_path / 'net.pth')}
+        (tmp_path / 'o.yml').write_text(yaml.safe_dump(opt))
+    return net.eval(), tmp_path / 'o.yml', tmp_path / 'm.pt2'
+
+
+def test_report_efficiency_times_dense_against_slim(tmp_path, capsys):
+    import json
+
+    from issp_basicsr.deploy.efficiency import main
+    from issp_basicsr.deploy.slim import count_macs, slim_network
+    net, options, program = slim_program(tmp_path)
+    capsys.readouterr()
+    assert main(['-opt', str(options), '-i', str(program), '--repeats', '1', '--json', str(tmp_path / 'r.json')]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / 'r.json').read_text())
+    x = torch.rand(1, 3, 8, 12)
+    slim, _ = slim_network(net, x)
+    assert report['input_shape'] == [1, 3, 8, 12]  # the program's own shape
+    assert report['dense'] | {'ms': 0} == {'params': sum(p.numel() for p in net.parameters()),
+                                           'macs': count_macs(net, x), 'ms': 0}
+    assert report['slim'] | {'ms': 0} == {'params': sum(p.numel() for p in slim.parameters()),
+                                          'macs': count_macs(slim, x), 'ms': 0}
+    assert report['mac_ratio'] == report['dense']['macs'] / report['slim']['macs'] > 1.5
+    assert report['max_abs_difference'] < 1e-4 and report['dense_weights'] == str(tmp_path / 'net.pth')
+    assert report['speedup'] == pytest.approx(report['dense']['ms'] / report['slim']['ms'])
+    assert 'speed-up' in out and 'MAC ratio' in out and 'max |slim - dense|' in out
+
+
+def test_report_efficiency_slim_without_weights_and_at_another_size(tmp_path, capsys):
+    from issp_basicsr.deploy.efficiency import main
+    from issp_basicsr.errors import OptionError
+    _, options, program = slim_program(tmp_path, pretrained=False)
+    capsys.readouterr()
+    assert main(['-opt', str(options), '-i', str(program), '--repeats', '1', '--json', str(tmp_path / 'r.json')]) == 0
+    assert 'dense weights: the initial ones' in capsys.readouterr().out
+    with pytest.raises(OptionError, match=r'--input-size 16 16: .*m\.pt2 was exported for 8x12 inputs'):
+        main(['-opt', str(options), '-i', str(program), '--input-size', '16', '16', '--json', str(tmp_path / 'r.json')])
+    broken = tmp_path / 'broken.pt2'
+    broken.write_bytes(program.read_bytes()[:-4000])
+    with pytest.raises(OptionError, match='broken.pt2'):
+        main(['-opt', str(options), '-i', str(broken), '--json', str(tmp_path / 'r.json')])

@@ -1,6 +1,8 @@
 """``basicsr report-efficiency``: what pruning buys, measured. Per layer and in total: dense and non-zero parameters,
 dense MACs and the MACs the non-zeros need at the given input size, checkpoint sizes (plain and compressed), and the
-latency of dense and sparse execution on this machine. Printed as a table and written as JSON.
+latency of dense and sparse execution on this machine. Printed as a table and written as JSON. Given the
+``torch.export`` program of ``export --slim`` (``-i model.pt2``), it compares the slim network with the dense one
+instead: parameters, MACs and latency of each.
 
 Counting rules (exact, checked by the tests):
 
@@ -15,9 +17,11 @@ The report itself needs only PyTorch; :func:`main` builds the network from a Bas
 """
 import argparse
 import json
+import logging
 import os
 import platform
 import time
+import zipfile
 
 import torch
 from torch import nn
@@ -203,10 +207,12 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog='basicsr report-efficiency',
                                      description=__doc__.split('\n\n')[0].replace('``', ''))
     parser.add_argument('-opt', required=True, help='BasicSR option file (network_g, path:pretrain_network_g)')
-    parser.add_argument('-i', '--input', help='checkpoint (plain or compressed); default path:pretrain_network_g')
+    parser.add_argument('-i', '--input', help='checkpoint (plain or compressed), or the .pt2 program of export '
+                        '--slim to time dense vs slim; default path:pretrain_network_g')
     parser.add_argument('--param-key', help='params or params_ema; default path:param_key_g, else params')
-    parser.add_argument('--input-size', type=int, nargs=2, default=(64, 64), metavar=('H', 'W'),
-                        help='LR input size (default 64 64; rounded up to the window size of SwinIR)')
+    parser.add_argument('--input-size', type=int, nargs=2, metavar=('H', 'W'),
+                        help='LR input size (default 64 64, rounded up to the window size of SwinIR; a .pt2 '
+                        'program runs only at the size it was exported at, which is the default then)')
     parser.add_argument('--json', help='where to write the JSON (default <name>_efficiency.json)')
     parser.add_argument('--repeats', type=int, default=3, help='timed runs per model (best is reported)')
     parser.add_argument('--plan', choices=('density', 'timed'), default='density',
@@ -233,6 +239,8 @@ def main(argv):
     check_output_file('--json', out)  # before the measurement, not after it
     net = build_network(opt, args.opt)
     path = checkpoint_path(opt, args.input, args.opt)
+    if str(path).endswith('.pt2') or (zipfile.is_zipfile(path) and program_file(path)):
+        return slim_main(args, opt, net, path, out)
     checkpoint = load_checkpoint(path)
     key = param_key(opt, args.param_key)
     state_dict = state_dict_from(checkpoint, key, path)
@@ -240,12 +248,114 @@ def main(argv):
         net.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
         raise OptionError(f'{path} does not fit network_g of {args.opt}: {str(error).splitlines()[0]}') from None
-    x = example_input(net, *args.input_size)
+    x = example_input(net, *(args.input_size or (64, 64)))
     # sizes of the evaluated weights alone, as BasicSR saves one network: {'params': state dict}
     report = efficiency_report(net, x, checkpoint={'params': state_dict}, repeats=args.repeats, plan=args.plan,
                                max_density=args.max_density, latency=not args.no_latency)
     report.update(options=os.path.abspath(args.opt), checkpoint=os.path.abspath(path), param_key=key)
     print(format_table(report))
+    with open(out, 'w') as f:
+        json.dump(report, f, indent=2)
+    print(f'JSON written to {out}')
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ dense vs slim
+def program_file(path):
+    """Whether ``path`` is a ``torch.export`` archive (``torch.export.save`` writes an ``archive_format`` entry)
+    rather than a zip checkpoint of ``torch.save``."""
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith('archive_format') for name in archive.namelist())
+
+
+def read_program(path):
+    """``(module, input shape)`` of a ``torch.export`` program: its graph runs only at the shape it was exported
+    at, so that shape is the one to time."""
+    from ..errors import OptionError
+    if not os.path.isfile(path):
+        raise OptionError(f'{path}: program does not exist')
+    logger = logging.getLogger('torch.export')
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # a damaged archive is logged as a traceback before it raises
+    try:
+        program = torch.export.load(path)
+    except Exception as error:  # torch's message runs to paragraphs
+        raise OptionError(f'{path}: not a readable torch.export program ({type(error).__name__})') from None
+    finally:
+        logger.setLevel(level)
+    inputs = program.graph_signature.user_inputs
+    shapes = [tuple(node.meta['val'].shape) for node in program.graph.nodes
+              if node.op == 'placeholder' and node.name in inputs]
+    if len(shapes) != 1:
+        raise OptionError(f'{path}: a program of {len(shapes)} inputs, not one image')
+    return program.module(), shapes[0]
+
+
+@torch.no_grad()
+def slim_report(dense, slim, example_input, repeats=3, compare=True):
+    """Parameters, MACs and latency of the dense network and its slim program on ``example_input``, as a dict.
+
+    ``compare``: the dense network holds the masked weights the program was made from, so their outputs must agree
+    (``max_abs_difference``); without them only the timings mean anything.
+    """
+    from .slim import count_macs
+    dense = dense.eval()
+    load_before = os.getloadavg()[0]
+    params = [sum(p.numel() for p in model.parameters()) for model in (dense, slim)]
+    macs = [count_macs(model, example_input) for model in (dense, slim)]
+    difference = float((dense(example_input) - slim(example_input)).abs().max()) if compare else None
+    dense_s, slim_s = best_latencies([dense, slim], example_input, repeats)
+    return {
+        'network': type(dense).__name__, 'input_shape': list(example_input.shape),
+        'machine': {'cpu': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
+                    'threads': torch.get_num_threads(), 'torch': torch.__version__,
+                    'device': str(example_input.device), 'load_average': list(os.getloadavg())},
+        'dense': {'params': params[0], 'macs': macs[0], 'ms': dense_s * 1e3},
+        'slim': {'params': params[1], 'macs': macs[1], 'ms': slim_s * 1e3},
+        'speedup': dense_s / slim_s, 'mac_ratio': macs[0] / max(macs[1], 1), 'repeats': repeats,
+        'max_abs_difference': difference, 'warning': contention_warning(load_before),
+    }
+
+
+def format_slim_table(report):
+    dense, slim, machine = report['dense'], report['slim'], report['machine']
+    lines = [f'{report["network"]}, input {"x".join(map(str, report["input_shape"]))}, {machine["threads"]} threads, '
+             f'load {machine["load_average"][0]:.2f}, best of {report["repeats"]}',
+             f'{"":6} {"params":>9} {"MACs":>9} {"latency":>10}']
+    for name, row in (('dense', dense), ('slim', slim)):
+        lines.append(f'{name:6} {_human(row["params"]):>9} {_human(row["macs"]):>9} {row["ms"]:>8.1f} ms')
+    check = ('dense weights: the initial ones (no path:pretrain_network_g), outputs not compared'
+             if report['max_abs_difference'] is None else f'max |slim - dense| {report["max_abs_difference"]:.1e}')
+    lines.append(f'speed-up {report["speedup"]:.2f}x, MAC ratio {report["mac_ratio"]:.2f}x '
+                 f'({report["speedup"] / report["mac_ratio"]:.0%} of it); {check}')
+    if report['warning']:
+        lines.append(report['warning'])
+    return '\n'.join(lines)
+
+
+def slim_main(args, opt, net, path, out):
+    """``-i model.pt2``: network_g of the option file (with path:pretrain_network_g when it names one) against the
+    slim program."""
+    from ..errors import OptionError
+    from .compressed import load_checkpoint, state_dict_from
+    from .network_options import param_key
+    slim, shape = read_program(path)
+    if args.input_size and tuple(args.input_size) != shape[2:]:
+        raise OptionError(f'--input-size {args.input_size[0]} {args.input_size[1]}: {path} was exported for '
+                          f'{shape[2]}x{shape[3]} inputs and runs at no other size')
+    pretrained = (opt.get('path') or {}).get('pretrain_network_g')
+    if pretrained:
+        try:
+            net.load_state_dict(state_dict_from(load_checkpoint(pretrained), param_key(opt, args.param_key),
+                                                pretrained), strict=True)
+        except RuntimeError as error:
+            raise OptionError(f'{pretrained} does not fit network_g of {args.opt}: '
+                              f'{str(error).splitlines()[0]}') from None
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    report = slim_report(net, slim, x, repeats=args.repeats, compare=bool(pretrained))
+    report.update(options=os.path.abspath(args.opt), program=os.path.abspath(path),
+                  dense_weights=os.path.abspath(pretrained) if pretrained else None)
+    print(format_slim_table(report))
     with open(out, 'w') as f:
         json.dump(report, f, indent=2)
     print(f'JSON written to {out}')

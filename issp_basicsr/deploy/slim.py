@@ -18,7 +18,8 @@ def _count(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def _macs(model, example_input):
+def count_macs(model, example_input):
+    """Multiply-accumulates of one forward pass (``torch.utils.flop_counter``, 2 FLOPs a MAC)."""
     from torch.utils.flop_counter import FlopCounterMode
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(example_input)
@@ -73,7 +74,7 @@ def export_slim(model, path, example_input, exclude=(), atol=1e-4):
     program = torch.export.export(slim, (example_input, ))
     torch.export.save(program, path)
     return {'rows': rows, 'params': (_count(model), _count(slim)),
-            'macs': (_macs(model, example_input), _macs(slim, example_input)), 'difference': difference,
+            'macs': (count_macs(model, example_input), count_macs(slim, example_input)), 'difference': difference,
             'slim': slim}
 
 

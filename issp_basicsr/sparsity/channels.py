@@ -67,6 +67,11 @@ class CoupledGroup:
     def layers(self):
         return sorted({m.layer for m in self.members})
 
+    @property
+    def producers(self):
+        """The layers whose output channels these are (a layer that only reads them does not name the group)."""
+        return sorted({m.layer for m in self.members if m.dim == 0})
+
     def describe(self):
         rows = [m.layer for m in self.members if m.dim == 0]
         cols = [m.layer for m in self.members if m.dim == 1]
@@ -157,15 +162,16 @@ def coupled_groups(model, example_input=None, exclude=(), graph=None):
 
 
 def group_ratios(groups, config, model_name='the model'):
-    """Per pruned group, the ratio of the first ``ratios`` pattern (written order) that names one of its layers,
-    else ``ratio``. A pattern naming no layer of a pruned group is an error."""
+    """Per pruned group, the ratio of the first ``ratios`` pattern (written order) that names one of the layers
+    producing its channels, else ``ratio``: ``{body.0.conv1: 0.25}`` sets how many of body.0.conv1's output
+    channels go, not those of the residual stream it reads. A pattern naming no such layer is an error."""
     def named(pattern, group):
-        return any(fnmatchcase(part, pattern) for layer in group.layers for part in ancestors(layer))
+        return any(fnmatchcase(part, pattern) for layer in group.producers for part in ancestors(layer))
 
     for pattern, _ in config.ratios:
         if not any(named(pattern, g) for g in groups):
-            raise SparsityConfigError(f'ratios pattern {pattern!r} names no layer of a pruned channel group of '
-                                      f'{model_name}', 'ratios')
+            raise SparsityConfigError(f'ratios pattern {pattern!r} names no layer whose output channels are pruned '
+                                      f'in {model_name}', 'ratios')
     return [next((r for p, r in config.ratios if named(p, g)), config.ratio) for g in groups]
 
 
