@@ -17,8 +17,8 @@ from issp_basicsr.train import train_pipeline
 TOTAL, PRUNE_ITER = 16, 8  # 3 images x enlarge 4 / batch 2 = 6 batches per epoch: epochs end at 6 and 12
 
 
-def exact_options(data_root):
-    opt = tiny_options(data_root, name='exact', prune_iter=PRUNE_ITER)
+def exact_options(data_root, **sparsity):
+    opt = tiny_options(data_root, name='exact', prune_iter=PRUNE_ITER, **sparsity)
     opt['train']['total_iter'] = TOTAL
     opt['logger'].update(save_checkpoint_freq=1, print_freq=4, use_tb_logger=False)
     opt['val']['val_freq'] = 5  # validation right after some checkpoints must not change what follows
@@ -115,3 +115,33 @@ def test_a_run_killed_at_any_moment_resumes_exactly(uninterrupted, tmp_path):
     train_in(run_dir, '--auto_resume')
     assert not glob.glob(str(exp / '*' / '.*.tmp'))  # what a kill inside a save left is cleared on resume
     assert_same_weights(final_weights(run_dir), final_weights(uninterrupted))
+
+
+@pytest.fixture(scope='module')
+def uninterrupted_channel(tiny_pairs, tmp_path_factory):
+    """The reference at granularity channel: channel ISS-P on a small EDSR, frozen at 8 of 16 iterations."""
+    run_dir = tmp_path_factory.mktemp('uninterrupted_channel')
+    opt = exact_options(tiny_pairs, granularity='channel', ratio=0.5, alpha=0.5)
+    opt['network_g'] = {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 2, 'upscale': 4}
+    write_options(run_dir / 'train.yml', opt)
+    train_in(run_dir)
+    return run_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('keep_iter', [5, 11])  # re-choosing channels; after the freeze
+def test_auto_resume_at_channel_granularity_is_bit_exact(uninterrupted_channel, tmp_path, keep_iter):
+    run_dir = stopped_after(uninterrupted_channel, tmp_path, keep_iter)
+    state = torch.load(run_dir / f'experiments/exact/training_states/{keep_iter}.state', weights_only=True)
+    assert state['sparsifier']['config']['granularity'] == 'channel'
+    train_in(run_dir, '--auto_resume')
+    resumed, reference = final_weights(run_dir), final_weights(uninterrupted_channel)
+    assert_same_weights(resumed, reference)
+    # whole channels are gone: half of the residual stream's output rows of conv_first are zero
+    zero_rows = resumed['params']['conv_first.weight'].flatten(1).eq(0).all(dim=1)
+    assert int(zero_rows.sum()) == 4
+    resumed_state = torch.load(run_dir / f'experiments/exact/training_states/{TOTAL}.state', weights_only=True)
+    reference_state = torch.load(uninterrupted_channel / f'experiments/exact/training_states/{TOTAL}.state',
+                                 weights_only=True)
+    for name, mask in reference_state['sparsifier']['selected'].items():
+        assert torch.equal(resumed_state['sparsifier']['selected'][name], mask), name
