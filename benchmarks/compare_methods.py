@@ -42,8 +42,10 @@ SAMPLE_BASE = os.path.join(ROOT, 'options', 'compare_swinir_sample_x2.yml')
 FULL_BASES = [os.path.join(ROOT, 'options', 'issp_swinir_x4.yml'),
               os.path.join(ROOT, 'options', 'methods', 'swinir_light_x4_issp.yml')]
 FULL_BASE = next((path for path in FULL_BASES if os.path.isfile(path)), FULL_BASES[0])
-# keys of the base file's sparsity block that describe the schedule, shared by every method that takes them
-SCHEDULE_KEYS = ('prune_iter', 'interval', 'exclude', 'hold_lr_during_pruning', 'scope', 'pattern', 'ratios')
+# keys of the base file's sparsity block that describe the schedule and the unit, shared by every method that
+# takes them
+SCHEDULE_KEYS = ('prune_iter', 'interval', 'exclude', 'hold_lr_during_pruning', 'scope', 'pattern', 'ratios',
+                 'granularity')
 # The core's penalty defaults (reg_step 1e-4 every 20 iterations, up to 0.5) reach reg_max at iteration 100k, the
 # paper's prune_iter. On a shorter budget the benchmark keeps that shape: reg_max is reached at prune_iter.
 PATH_KEYS = ('dataroot_gt', 'dataroot_lq', 'meta_info_file')
